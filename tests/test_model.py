@@ -1,0 +1,145 @@
+"""The whole multi-level Glow on a tiny input (8x8x2, 2 levels), in float64:
+exact round trip, the log-det of the full flow against the true Jacobian,
+the objective's terms, sampling, and one set of shared weights."""
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import model as glow_model
+import tfops
+from flowcheck import jacobian_rows, randomize_variables, slogdet
+
+IMAGE = (8, 8, 2)
+D = int(np.prod(IMAGE))
+
+
+def tiny_glow(permutation="invconv", coupling="affine", **kwargs):
+    params = dict(n_levels=2, depth=2, width=8, permutation=permutation, coupling=coupling, dtype=tf.float64)
+    params.update(kwargs)
+    return glow_model.Glow(IMAGE, **params)
+
+
+COMBOS = [(p, "affine") for p in sorted(tfops.PERMUTATIONS)] + [("invconv", "additive"), ("shuffle", "additive")]
+
+
+@pytest.mark.parametrize("permutation,coupling", COMBOS)
+def test_flow_round_trip_and_jacobian(permutation, coupling):
+    glow = tiny_glow(permutation, coupling)
+    rng = np.random.RandomState(0)
+    x0 = rng.uniform(-0.5, 0.5, size=(1,) + IMAGE)
+    with tf.Graph().as_default():
+        tf.set_random_seed(1)
+        x = tf.placeholder(tf.float64, (D,) + IMAGE)
+        enc = glow.encode(x)
+        x_back = glow.decode(enc.eps)
+        z_all = tf.concat([tf.reshape(z, [D, -1]) for z in enc.zs], axis=1)  # [D, D]
+        jac = jacobian_rows(x, z_all)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            randomize_variables(sess, rng, scale=0.2)
+            logdet, back, jac_v = sess.run([enc.logdet, x_back, jac], {x: np.repeat(x0, D, axis=0)})
+    assert [z.get_shape().as_list()[1:] for z in enc.zs] == [[4, 4, 4], [2, 2, 16]]
+    np.testing.assert_allclose(back, np.repeat(x0, D, axis=0), atol=1e-9)
+    np.testing.assert_allclose(logdet[0], slogdet(jac_v), rtol=1e-8, atol=1e-8)
+    assert np.count_nonzero(np.abs(jac_v) > 1e-9) > 4 * D
+
+
+def test_objective_terms_and_bits():
+    glow = tiny_glow(learntop=True)
+    rng = np.random.RandomState(1)
+    images = rng.randint(0, 256, size=(5,) + IMAGE).astype(np.uint8)
+    with tf.Graph().as_default():
+        x_u8 = tf.constant(images)
+        stats = glow.losses(x_u8, tf.zeros([5], tf.int32), dequantize=False)
+        enc = glow.encode(glow.preprocess(x_u8))
+        top = glow.top_prior(None, 5)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            randomize_variables(sess, rng, scale=0.2)
+            s, enc_objective, logdet, zs, top_mean, top_logsd = sess.run(
+                [stats, enc.objective, enc.logdet, enc.zs, top.mean, top.logsd])
+    # log p(x) = flow log-dets + split priors (checked op by op in test_tfops)
+    # + top prior (recomputed here in numpy) - D log(n_bins).
+    log_top = np.sum(-0.5 * (np.log(2 * np.pi) + 2 * top_logsd
+                             + (zs[-1] - top_mean) ** 2 * np.exp(-2 * top_logsd)), axis=(1, 2, 3))
+    assert np.std(top_mean) > 0, "learntop prior is still zero: the test would not see it"
+    np.testing.assert_allclose(s["objective"], enc_objective - np.log(glow.n_bins) * D, rtol=1e-12)
+    split_terms = enc_objective - logdet - log_top
+    assert np.all(np.isfinite(split_terms)) and np.all(np.abs(split_terms) > 1.0)
+    np.testing.assert_allclose(s["bits_x"], -s["objective"] / (np.log(2.0) * D), rtol=1e-12)
+    np.testing.assert_allclose(s["loss"], s["bits_x"])
+    np.testing.assert_array_equal(s["pred_error"], 1.0)
+
+
+def test_untrained_bits_per_dim_is_near_uniform():
+    """At init (zero-initialised couplings and priors, identity-like flow after
+    data-dependent init) a model of uniform 8-bit noise sits near 8 bits/dim."""
+    glow = glow_model.Glow((8, 8, 1), n_levels=2, depth=2, width=8)
+    rng = np.random.RandomState(2)
+    images = rng.randint(0, 256, size=(256, 8, 8, 1)).astype(np.uint8)
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        y = tf.zeros([256], tf.int32)
+        init = glow.init_op(tf.constant(images), y)
+        bits = tf.reduce_mean(glow.losses(tf.constant(images), y)["bits_x"])
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(init)
+            value = sess.run(bits)
+    # Uniform data in [-0.5, 0.5) has entropy 8 bits/dim; a unit Gaussian on
+    # actnorm-whitened data costs 0.5*log2(2*pi*e) + log2(std) per dim.
+    expected = 0.5 * np.log2(2 * np.pi * np.e) + np.log2(np.sqrt(1 / 12.0)) + 8
+    assert abs(value - expected) < 0.15, (value, expected)
+
+
+def test_ycond_learntop_round_trip_and_classifier():
+    glow = tiny_glow(learntop=True, ycond=True, n_y=3, weight_y=0.5)
+    rng = np.random.RandomState(3)
+    x0 = rng.uniform(-0.5, 0.5, size=(4,) + IMAGE)
+    labels = np.array([0, 1, 2, 1], np.int32)
+    with tf.Graph().as_default():
+        x = tf.constant(x0)
+        y = tf.constant(labels)
+        enc = glow.encode(x, y)
+        back = glow.decode(enc.eps, y)
+        stats = glow.losses(glow.postprocess(x), y)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            randomize_variables(sess, rng, scale=0.2)
+            back_v, s = sess.run([back, stats])
+    np.testing.assert_allclose(back_v, x0, atol=1e-9)
+    np.testing.assert_allclose(s["loss"], s["bits_x"] + 0.5 * s["bits_y"])
+    assert np.all(s["bits_y"] > 0) and set(np.unique(s["pred_error"])) <= {0.0, 1.0}
+
+
+def test_sampling_temperature_and_shared_weights():
+    glow = tiny_glow(learntop=True)
+    with tf.Graph().as_default():
+        tf.set_random_seed(4)
+        images = tf.constant(np.random.RandomState(4).randint(0, 256, (16,) + IMAGE).astype(np.uint8))
+        y = tf.zeros([16], tf.int32)
+        init = glow.init_op(images, y)
+        n_vars = len(tf.global_variables())
+        glow.losses(images, y)
+        cold = glow.sample(tf.zeros([6], tf.int32), temperature=0.0)
+        warm = glow.sample(tf.zeros([6], tf.int32), temperature=tf.fill([6], 0.7))
+        assert len(tf.global_variables()) == n_vars, "a later graph made new variables"
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(init)
+            cold1, cold2, warm1 = sess.run([cold, cold, warm])
+    assert cold1.dtype == np.uint8 and cold1.shape == (6,) + IMAGE
+    np.testing.assert_array_equal(cold1, cold2)  # temperature 0: the mode, no randomness
+    assert np.any(cold1[0] != warm1[0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(permutation="rotate"), "permutation 'rotate'"),
+    (dict(coupling="spline"), "coupling 'spline'"),
+    (dict(n_levels=4), "divisible by 2\\*\\*n_levels = 16"),
+    (dict(n_bits_x=9), "n_bits_x 9"),
+    (dict(ycond=True, n_y=1), "n_y 1"),
+])
+def test_bad_hyperparameters_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_glow(**kwargs)

@@ -1,0 +1,462 @@
+"""Glow's building blocks in portable TF1 graph code (Kingma & Dhariwal 2018).
+
+Every invertible op has one contract:
+
+    op(name, z, logdet, reverse=False) -> (z, logdet)
+
+with `z` of shape [B, H, W, C] (NHWC) and `logdet` the per-example
+log|det dz_out/dz_in| of shape [B]. The log-determinant of each op is
+computed once and added in the forward direction, subtracted in reverse, so
+`reverse(forward(z))` gives back both `z` and the incoming `logdet`.
+
+All ops create their variables with the dtype of `z`, so the same code runs in
+float32 for training and in float64 for the Jacobian tests. Variable scope
+names are checkpoint keys: they are chosen once here and must not change.
+
+Runs unchanged on TensorFlow 1.15 and on TensorFlow 2.x through
+`tensorflow.compat.v1`; `tf.contrib` does not exist on 2.x, hence the small
+`arg_scope` below.
+"""
+import contextlib
+import functools
+import threading
+import zlib
+
+import numpy as np
+import scipy.linalg
+import tensorflow.compat.v1 as tf
+
+# ---------------------------------------------------------------------------
+# arg_scope: default keyword arguments for decorated functions, by context.
+# ---------------------------------------------------------------------------
+
+_scopes = threading.local()
+
+
+def _current_arg_scope():
+    if not hasattr(_scopes, "stack"):
+        _scopes.stack = [{}]
+    return _scopes.stack[-1]
+
+
+def add_arg_scope(func):
+    """Let `arg_scope([func], key=value)` supply default keyword arguments.
+
+    Keyword arguments given at the call site win over the scope's."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        merged = dict(_current_arg_scope().get(wrapper, {}))
+        merged.update(kwargs)
+        return func(*args, **merged)
+
+    wrapper.arg_scope_enabled = True
+    return wrapper
+
+
+@contextlib.contextmanager
+def arg_scope(funcs, **kwargs):
+    """Within the block, every function in `funcs` gets `kwargs` as defaults."""
+    frame = dict(_current_arg_scope())
+    for f in funcs:
+        if not getattr(f, "arg_scope_enabled", False):
+            raise ValueError("arg_scope: %r is not decorated with @add_arg_scope" % (f,))
+        entry = dict(frame.get(f, {}))
+        entry.update(kwargs)
+        frame[f] = entry
+    _current_arg_scope()  # make sure the stack exists
+    _scopes.stack.append(frame)
+    try:
+        yield
+    finally:
+        _scopes.stack.pop()
+
+
+# ---------------------------------------------------------------------------
+# Shapes and variables
+# ---------------------------------------------------------------------------
+
+
+def int_shape(x):
+    """Static shape as a list of ints, -1 for unknown dimensions."""
+    return [-1 if d is None else int(d) for d in x.get_shape().as_list()]
+
+
+def layer_rng(seed_extra=0):
+    """A numpy RNG for initial values, fixed by the graph seed and the scope.
+
+    Initial values computed in numpy (orthogonal and LU-factored 1x1 conv
+    weights, shuffle indices) must not depend on numpy's global state, yet a
+    run must be reproducible from `tf.set_random_seed`. The variable scope
+    names the layer, so every layer gets its own stream."""
+    scope = tf.get_variable_scope().name
+    graph_seed = tf.get_default_graph().seed or 0
+    return np.random.RandomState((zlib.crc32(scope.encode("utf-8")) + 7919 * graph_seed + seed_extra) % (2 ** 32))
+
+
+@add_arg_scope
+def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True):
+    """A variable with data-dependent initialisation.
+
+    Outside init mode this is `tf.get_variable`; with `init=True` (set by
+    `arg_scope([get_variable_ddi], init=True)` over one batch) the returned
+    tensor first assigns `initial_value`, computed from that batch."""
+    w = tf.get_variable(name, shape, dtype, initializer=tf.zeros_initializer(), trainable=trainable)
+    if init:
+        assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
+        with tf.control_dependencies([assigned]):
+            return tf.identity(assigned)
+    return w
+
+
+# ---------------------------------------------------------------------------
+# Actnorm (paper section 3.1)
+# ---------------------------------------------------------------------------
+
+LOGSCALE_FACTOR = 3.0
+
+
+def actnorm_params(name, x, scale=1.0, logscale_factor=LOGSCALE_FACTOR):
+    """Per-channel bias and log-scale of actnorm, data-dependently initialised.
+
+    Init (paper 3.1): bias = -mean(x), scale = 1/(std + 1e-6) over the batch
+    and spatial positions. The log-scale is stored divided by
+    `logscale_factor` (openai/glow), which multiplies its effective learning
+    rate by that factor. Returns (bias [C], logs [C])."""
+    n_c = int_shape(x)[-1]
+    axes = list(range(len(x.get_shape()) - 1))
+    with tf.variable_scope(name):
+        mean = tf.reduce_mean(x, axes)
+        bias = get_variable_ddi("b", [n_c], -mean, x.dtype)
+        var = tf.reduce_mean(tf.square(x + bias), axes)
+        init_logs = tf.log(scale / (tf.sqrt(var) + 1e-6)) / logscale_factor
+        logs = get_variable_ddi("logs", [n_c], init_logs, x.dtype) * logscale_factor
+    return bias, logs
+
+
+@add_arg_scope
+def actnorm(name, z, logdet, reverse=False):
+    """Activation normalisation (paper 3.1): z -> (z + b) * exp(logs).
+
+    logdet += H*W*sum(logs)."""
+    bias, logs = actnorm_params(name, z)
+    h, w = int_shape(z)[1:3]
+    dlogdet = tf.reduce_sum(logs) * (h * w)
+    if not reverse:
+        return (z + bias) * tf.exp(logs), logdet + dlogdet
+    return z * tf.exp(-logs) - bias, logdet - dlogdet
+
+
+def actnorm_layer(name, x):
+    """Actnorm used as a normalising layer (no log-det): conv layers of the
+    coupling network use it in place of a bias."""
+    bias, logs = actnorm_params(name, x)
+    return (x + bias) * tf.exp(logs)
+
+
+# ---------------------------------------------------------------------------
+# Permutations (paper 3.2 and its ablation, section 5.1)
+# ---------------------------------------------------------------------------
+
+
+def reverse_features(name, z, logdet, reverse=False):
+    """Reverse the channel order (RealNVP's fixed permutation). logdet += 0."""
+    del name, reverse  # its own inverse, no parameters
+    return z[:, :, :, ::-1], logdet
+
+
+def shuffle_features(name, z, logdet, reverse=False):
+    """A fixed random channel permutation. logdet += 0.
+
+    The indices are a non-trainable variable so that a checkpoint restores the
+    permutation it was trained with."""
+    n_c = int_shape(z)[-1]
+    with tf.variable_scope(name):
+        perm = layer_rng().permutation(n_c).astype("int32")
+        indices = tf.get_variable("indices", dtype=tf.int32, initializer=perm, trainable=False)
+        if reverse:
+            indices = tf.invert_permutation(indices)
+        return tf.gather(z, indices, axis=3), logdet
+
+
+def _orthogonal_init(n):
+    """A random rotation (the paper's 1x1 conv init, section 3.2)."""
+    return np.linalg.qr(layer_rng().randn(n, n))[0]
+
+
+def _conv1x1(z, w):
+    """z [B,H,W,C] times w [C,C] on every pixel: out[c'] = sum_c z[c] w[c,c']."""
+    n_c = int(w.get_shape()[0])
+    return tf.nn.conv2d(z, tf.reshape(w, [1, 1, n_c, n_c]), [1, 1, 1, 1], "SAME")
+
+
+@add_arg_scope
+def invconv(name, z, logdet, reverse=False):
+    """Invertible 1x1 convolution with an unconstrained W (paper 3.2, Table 1).
+
+    z: [B, H, W, C]. logdet += H*W*log|det W| (forward), -= (reverse).
+    log|det W| and the inverse are computed in float64: with C up to a few
+    hundred, float32 LU loses digits that the objective then sees."""
+    h, w_, n_c = int_shape(z)[1:]
+    with tf.variable_scope(name):
+        init = _orthogonal_init(n_c).astype(z.dtype.as_numpy_dtype)
+        w = tf.get_variable("W", dtype=z.dtype, initializer=init)
+        w64 = tf.cast(w, tf.float64)
+        dlogdet = tf.cast(tf.linalg.slogdet(w64)[1], z.dtype) * (h * w_)
+        if not reverse:
+            return _conv1x1(z, w), logdet + dlogdet
+        w_inv = tf.cast(tf.matrix_inverse(w64), z.dtype)
+        return _conv1x1(z, w_inv), logdet - dlogdet
+
+
+@add_arg_scope
+def invconv_lu(name, z, logdet, reverse=False):
+    """Invertible 1x1 convolution, LU-decomposed (paper 3.2, eq. 10).
+
+    W = P L (U + diag(sign(s) * exp(log|s|))) with P a fixed permutation, L
+    unit lower-triangular, U strictly upper-triangular. log|det W| =
+    sum(log|s|): O(C) instead of O(C^3), and never singular while log|s| is
+    finite. z: [B, H, W, C]; logdet += H*W*sum(log|s|)."""
+    h, w_, n_c = int_shape(z)[1:]
+    dtype = z.dtype
+    np_dtype = dtype.as_numpy_dtype
+    with tf.variable_scope(name):
+        np_p, np_l, np_u = scipy.linalg.lu(_orthogonal_init(n_c))
+        np_s = np.diag(np_u)
+        p = tf.get_variable("P", dtype=dtype, initializer=np_p.astype(np_dtype), trainable=False)
+        l_ = tf.get_variable("L", dtype=dtype, initializer=np_l.astype(np_dtype))
+        sign_s = tf.get_variable("sign_S", dtype=dtype, initializer=np.sign(np_s).astype(np_dtype), trainable=False)
+        log_s = tf.get_variable("log_S", dtype=dtype, initializer=np.log(np.abs(np_s)).astype(np_dtype))
+        u = tf.get_variable("U", dtype=dtype, initializer=np.triu(np_u, k=1).astype(np_dtype))
+
+        lower_mask = np.tril(np.ones([n_c, n_c], dtype=np_dtype), -1)
+        l_ = l_ * lower_mask + tf.eye(n_c, dtype=dtype)
+        u = u * lower_mask.T + tf.matrix_diag(sign_s * tf.exp(log_s))
+        dlogdet = tf.reduce_sum(log_s) * (h * w_)
+        if not reverse:
+            return _conv1x1(z, tf.matmul(p, tf.matmul(l_, u))), logdet + dlogdet
+        # W^-1 = U^-1 L^-1 P^T, by two triangular solves in float64.
+        eye = tf.eye(n_c, dtype=tf.float64)
+        l_inv = tf.matrix_triangular_solve(tf.cast(l_, tf.float64), eye, lower=True)
+        u_inv = tf.matrix_triangular_solve(tf.cast(u, tf.float64), eye, lower=False)
+        w_inv = tf.matmul(u_inv, tf.matmul(l_inv, tf.cast(tf.transpose(p), tf.float64)))
+        return _conv1x1(z, tf.cast(w_inv, dtype)), logdet - dlogdet
+
+
+PERMUTATIONS = {
+    "reverse": reverse_features,
+    "shuffle": shuffle_features,
+    "invconv": invconv,
+    "invconv_lu": invconv_lu,
+}
+
+# ---------------------------------------------------------------------------
+# Convolutions of the coupling network (openai/glow's NN, paper 3.3)
+# ---------------------------------------------------------------------------
+
+
+def add_edge_padding(x, filter_size):
+    """Zero-pad x for a 'VALID' conv and add a channel that is 1 on the padding.
+
+    openai/glow's edge bias: the network can tell padding from a real zero.
+    The indicator is a constant of the padded spatial shape."""
+    a = (filter_size[0] - 1) // 2
+    b = (filter_size[1] - 1) // 2
+    if a == 0 and b == 0:
+        return x
+    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
+    h, w = int_shape(x)[1:3]
+    pad = np.zeros([1, h, w, 1], dtype=x.dtype.as_numpy_dtype)
+    pad[:, :a, :, 0] = 1.0
+    pad[:, h - a:, :, 0] = 1.0
+    pad[:, :, :b, 0] = 1.0
+    pad[:, :, w - b:, 0] = 1.0
+    pad = tf.tile(tf.constant(pad), [tf.shape(x)[0], 1, 1, 1])
+    return tf.concat([x, pad], axis=3)
+
+
+@add_arg_scope
+def conv2d(name, x, width, filter_size=(3, 3)):
+    """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05)."""
+    filter_size = list(filter_size)
+    with tf.variable_scope(name):
+        x = add_edge_padding(x, filter_size)
+        n_in = int_shape(x)[3]
+        w = tf.get_variable("W", filter_size + [n_in, width], x.dtype,
+                            initializer=tf.random_normal_initializer(0.0, 0.05))
+        x = tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID")
+        return actnorm_layer("actnorm", x)
+
+
+@add_arg_scope
+def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FACTOR):
+    """Zero-initialised conv with bias and per-channel scale exp(3 * logs).
+
+    Zero init makes each coupling start as the identity (paper 3.3), which
+    keeps a deep flow trainable from the first step."""
+    filter_size = list(filter_size)
+    with tf.variable_scope(name):
+        x = add_edge_padding(x, filter_size)
+        n_in = int_shape(x)[3]
+        w = tf.get_variable("W", filter_size + [n_in, width], x.dtype, initializer=tf.zeros_initializer())
+        x = tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID")
+        x += tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
+        logs = tf.get_variable("logs", [width], x.dtype, initializer=tf.zeros_initializer())
+        return x * tf.exp(logs * logscale_factor)
+
+
+def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):
+    """Zero-initialised dense layer with per-unit scale exp(3 * logs)."""
+    with tf.variable_scope(name):
+        n_in = int_shape(x)[1]
+        w = tf.get_variable("W", [n_in, width], x.dtype, initializer=tf.zeros_initializer())
+        b = tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
+        logs = tf.get_variable("logs", [width], x.dtype, initializer=tf.zeros_initializer())
+        return (tf.matmul(x, w) + b) * tf.exp(logs * logscale_factor)
+
+
+def coupling_nn(name, h, width, n_out):
+    """NN() of the affine coupling: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3."""
+    with tf.variable_scope(name):
+        h = tf.nn.relu(conv2d("l_1", h, width))
+        h = tf.nn.relu(conv2d("l_2", h, width, filter_size=(1, 1)))
+        return conv2d_zeros("l_last", h, n_out)
+
+
+# ---------------------------------------------------------------------------
+# Coupling layers (paper 3.3)
+# ---------------------------------------------------------------------------
+
+
+def _halves(z):
+    n_c = int_shape(z)[3]
+    if n_c % 2:
+        raise ValueError("coupling needs an even number of channels, got %d" % n_c)
+    return z[:, :, :, :n_c // 2], z[:, :, :, n_c // 2:]
+
+
+@add_arg_scope
+def additive_coupling(name, z, logdet, reverse=False, width=512):
+    """z2 += NN(z1) (NICE). logdet += 0."""
+    z1, z2 = _halves(z)
+    shift = coupling_nn(name, z1, width, int_shape(z2)[3])
+    z2 = z2 - shift if reverse else z2 + shift
+    return tf.concat([z1, z2], 3), logdet
+
+
+@add_arg_scope
+def affine_coupling(name, z, logdet, reverse=False, width=512):
+    """z2 = (z2 + shift) * scale with (shift, scale) from NN(z1) (paper 3.3).
+
+    openai/glow's variant: scale = sigmoid(h + 2) rather than exp(h). It is
+    bounded in (0, 1), so a step can only contract z2: no exploding
+    activations early in training, and at init (h = 0) scale = 0.88, close to
+    the identity. Shift is added before scaling. logdet += sum(log scale)."""
+    z1, z2 = _halves(z)
+    h = coupling_nn(name, z1, width, 2 * int_shape(z2)[3])
+    shift = h[:, :, :, 0::2]
+    raw = h[:, :, :, 1::2] + 2.0
+    scale = tf.nn.sigmoid(raw)
+    # log(sigmoid(a)) = -softplus(-a): exact and finite even where sigmoid underflows.
+    dlogdet = tf.reduce_sum(-tf.nn.softplus(-raw), axis=[1, 2, 3])
+    if not reverse:
+        z2 = (z2 + shift) * scale
+        return tf.concat([z1, z2], 3), logdet + dlogdet
+    z2 = z2 / scale - shift
+    return tf.concat([z1, z2], 3), logdet - dlogdet
+
+
+COUPLINGS = {
+    "additive": additive_coupling,
+    "affine": affine_coupling,
+}
+
+# ---------------------------------------------------------------------------
+# Squeeze and split (paper 3.4, multi-scale architecture of RealNVP)
+# ---------------------------------------------------------------------------
+
+
+def squeeze2d(x, factor=2):
+    """Space-to-depth in openai/glow's channel order: out channel c*f*f + dy*f + dx."""
+    if factor == 1:
+        return x
+    h, w, n_c = int_shape(x)[1:]
+    if h % factor or w % factor:
+        raise ValueError("squeeze2d: spatial shape %dx%d not divisible by %d" % (h, w, factor))
+    x = tf.reshape(x, [-1, h // factor, factor, w // factor, factor, n_c])  # [B, H/f, f, W/f, f, C]
+    x = tf.transpose(x, [0, 1, 3, 5, 2, 4])  # [B, H/f, W/f, C, f, f]
+    return tf.reshape(x, [-1, h // factor, w // factor, n_c * factor * factor])  # [B, H/f, W/f, C*f*f]
+
+
+def unsqueeze2d(x, factor=2):
+    """Inverse of squeeze2d."""
+    if factor == 1:
+        return x
+    h, w, n_c = int_shape(x)[1:]
+    if n_c % (factor * factor):
+        raise ValueError("unsqueeze2d: %d channels not divisible by %d" % (n_c, factor * factor))
+    n_out = n_c // (factor * factor)
+    x = tf.reshape(x, [-1, h, w, n_out, factor, factor])  # [B, H, W, C/f^2, f, f]
+    x = tf.transpose(x, [0, 1, 4, 2, 5, 3])  # [B, H, f, W, f, C/f^2]
+    return tf.reshape(x, [-1, h * factor, w * factor, n_out])  # [B, H*f, W*f, C/f^2]
+
+
+class GaussianDiag(object):
+    """Diagonal Gaussian with mean and log standard deviation of one shape."""
+
+    def __init__(self, mean, logsd):
+        self.mean = mean
+        self.logsd = logsd
+
+    def logps(self, x):
+        """Elementwise log-density."""
+        return -0.5 * (np.log(2 * np.pi) + 2.0 * self.logsd + tf.square(x - self.mean) * tf.exp(-2.0 * self.logsd))
+
+    def logp(self, x):
+        """Log-density per example, summed over all but the batch axis."""
+        return tf.reduce_sum(self.logps(x), axis=list(range(1, len(x.get_shape()))))
+
+    def get_eps(self, x):
+        """The standardised noise that `sample(eps)` maps back to x."""
+        return (x - self.mean) * tf.exp(-self.logsd)
+
+    def sample(self, eps):
+        return self.mean + tf.exp(self.logsd) * eps
+
+    def random_eps(self, temperature=1.0):
+        """Standard normal noise of the distribution's shape, times `temperature`
+        (a scalar or a [B] tensor: one temperature per example)."""
+        eps = tf.random_normal(tf.shape(self.mean), dtype=self.mean.dtype)
+        temperature = tf.cast(temperature, self.mean.dtype)
+        if temperature.get_shape().ndims == 1:
+            temperature = tf.reshape(temperature, [-1, 1, 1, 1])
+        return eps * temperature
+
+
+@add_arg_scope
+def split_prior(name, z1):
+    """Learned Gaussian prior of the split-off half, conditioned on the kept
+    half z1 through a zero-initialised conv (openai/glow's split2d_prior)."""
+    n_c = int_shape(z1)[3]
+    h = conv2d_zeros(name + "/conv", z1, 2 * n_c)
+    return GaussianDiag(h[:, :, :, 0::2], h[:, :, :, 1::2])
+
+
+def split2d(name, z, objective):
+    """Factor out half the channels (paper 3.4).
+
+    Returns (z1 squeezed, objective + log p(z2 | z1), eps of z2). The eps is
+    what `split2d_reverse` needs to rebuild z exactly."""
+    z1, z2 = _halves(z)
+    prior = split_prior(name, z1)
+    return squeeze2d(z1), objective + prior.logp(z2), prior.get_eps(z2)
+
+
+def split2d_reverse(name, z, eps=None, temperature=1.0):
+    """Inverse of split2d: z2 = mean + std * eps with eps given, or drawn and
+    scaled by `temperature`. Returns the un-split z."""
+    z1 = unsqueeze2d(z)
+    prior = split_prior(name, z1)
+    if eps is None:
+        eps = prior.random_eps(temperature)
+    return tf.concat([z1, prior.sample(eps)], 3)
