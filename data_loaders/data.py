@@ -1,0 +1,118 @@
+"""Data: one rank's view of a problem's train and test splits, as uint8 batches."""
+import numpy as np
+
+from .augment import augment
+from .errors import DataError
+from .prefetch import prefetched
+
+# Tags that give each random stream its own RandomState seed.
+_ORDER, _SHUFFLE, _AUGMENT, _INIT_ORDER, _INIT_SHUFFLE, _INIT_AUGMENT = range(6)
+# A lazily read training set is shuffled within windows of about this many bytes.
+_WINDOW_BYTES = 1 << 28
+
+
+def _rng(*keys):
+    return np.random.RandomState([int(k) for k in keys])
+
+
+def _check_count(value, what, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DataError("%s %r: must be an integer >= %d" % (what, value, low))
+    return int(value)
+
+
+class Data(object):
+    """A problem's data for rank `rank` of `size` (see get_data).
+
+    n_y: classes (1 if unlabeled); image_shape: (H, W, C) of the batches;
+    n_train, n_test: sizes of the full splits (all ranks together);
+    augmentation: the Augmentation applied to training batches, or None;
+    location: the folder the files came from.
+    """
+
+    def __init__(self, problem, train, test, n_y, image_shape, augmentation, seed, rank, size,
+                 location):
+        self.problem, self.n_y, self.image_shape = problem, n_y, tuple(image_shape)
+        self._train, self._test = train, test
+        self.n_train, self.n_test = train.n, test.n
+        self.augmentation, self.location = augmentation, location
+        self.seed, self.rank, self.size = seed, rank, size
+
+    def summary(self):
+        """A JSON-ready dict describing the data, for the config line of the logs."""
+        aug = self.augmentation._asdict() if self.augmentation else None
+        return {"problem": self.problem, "n_y": self.n_y, "image_shape": list(self.image_shape),
+                "n_train": self.n_train, "n_test": self.n_test, "augmentation": aug,
+                "location": self.location}
+
+    def train_steps(self, batch_size):
+        """Full batches per epoch on every rank (the same on all ranks)."""
+        batch_size = _check_count(batch_size, "batch_size")
+        return (self.n_train // self.size) // batch_size
+
+    def test_range(self):
+        """(start, stop): this rank's contiguous share of the test split."""
+        return self.rank * self.n_test // self.size, (self.rank + 1) * self.n_test // self.size
+
+    def test_steps(self, batch_size):
+        """Batches test_batches(batch_size) yields on this rank (may differ by one across ranks)."""
+        start, stop = self.test_range()
+        return -(-(stop - start) // _check_count(batch_size, "batch_size"))
+
+    def train_batches(self, batch_size, epoch):
+        """Yield (x uint8 [B, H, W, C], y int32 [B]) full batches of this rank's share of the
+        training set for `epoch`, shuffled from (seed, epoch) and augmented; the remainder that
+        does not fill a batch is dropped.  Batches are prepared by a background thread; closing
+        the generator early stops it."""
+        n_steps = self.train_steps(batch_size)
+        epoch = _check_count(epoch, "epoch", low=0)
+        if n_steps == 0:
+            raise DataError("batch_size %d: larger than this rank's share of the training set "
+                            "(%d images = n_train %d / %d ranks)" % (
+                                batch_size, self.n_train // self.size, self.n_train, self.size))
+        start = self.rank * (self.n_train // self.size)
+
+        def produce():
+            order, rng = _rng(self.seed, epoch, _ORDER), _rng(self.seed, epoch, self.rank, _SHUFFLE)
+            aug_rng = _rng(self.seed, epoch, self.rank, _AUGMENT)
+            batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size,
+                                           rng, self._window(batch_size))
+            for x, y in batches:
+                yield self._finish(x, y, aug_rng)
+
+        return prefetched(produce)
+
+    def test_batches(self, batch_size):
+        """Yield (x, y) over this rank's share of the test set once, in order, not augmented;
+        the last batch may be smaller.  The ranks' shares are disjoint and cover the set."""
+        batch_size = _check_count(batch_size, "batch_size")
+        start, stop = self.test_range()
+
+        def produce():
+            for x, y in self._test.ordered(start, stop, batch_size):
+                yield self._finish(x, y, None)
+
+        return prefetched(produce)
+
+    def init_batch(self, n):
+        """(x, y): n training images, augmented, for data-dependent init; fixed by seed and rank."""
+        n = _check_count(n, "init batch size")
+        if n > self.n_train:
+            raise DataError("init batch size %d: the training set has only %d images" % (n, self.n_train))
+        order = _rng(self.seed, self.rank, _INIT_ORDER)
+        rng = _rng(self.seed, self.rank, _INIT_SHUFFLE)
+        x, y = next(iter(self._train.shuffled(order, 0, n, n, rng, n)))
+        return self._finish(x, y, _rng(self.seed, self.rank, _INIT_AUGMENT))
+
+    def _window(self, batch_size):
+        image_bytes = int(np.prod(self.image_shape))
+        return max(4 * batch_size, _WINDOW_BYTES // image_bytes)
+
+    def _finish(self, x, y, aug_rng):
+        """Copy, augment (with aug_rng) and tile to the output channels."""
+        x = np.array(x, np.uint8)
+        if aug_rng is not None and self.augmentation is not None:
+            x = augment(x, self.augmentation, aug_rng)
+        if x.shape[-1] != self.image_shape[-1]:
+            x = np.repeat(x, self.image_shape[-1], axis=-1)  # grey [B, H, W, 1] -> [B, H, W, 3]
+        return x, np.asarray(y, np.int32)
