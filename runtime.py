@@ -385,7 +385,7 @@ def make_backend(name, device, environ=None):
     return Backend(device, npu=npu)
 
 
-def make_session(device, backend, **config_kwargs):
+def make_session(device, backend, graph=None, **config_kwargs):
     """tf.Session configured by session_config(device, backend.local_rank(),
     **config_kwargs).
 
@@ -399,4 +399,4 @@ def make_session(device, backend, **config_kwargs):
     config = session_config(device, local_rank=backend.local_rank(), **config_kwargs)
     if device == "npu":
         backend._start_npu_system(config)
-    return tf.Session(config=config)
+    return tf.Session(graph=graph, config=config)

@@ -184,6 +184,29 @@ def _orthogonal_init(n):
     return np.linalg.qr(layer_rng().randn(n, n))[0]
 
 
+@tf.custom_gradient
+def log_abs_det(w):
+    """log|det w| of a square float64 matrix, with a gradient that never raises.
+
+    TF's own gradients of matrix_determinant and slogdet invert w with an op
+    that raises "Input is not invertible" on a singular or NaN matrix, which
+    killed openai/glow's training runs. Here the value comes from slogdet (an
+    LU with partial pivoting: exact for nearly singular w, -inf for a singular
+    one) and the gradient w^-T from an inverse taken only when the value is
+    finite. Otherwise the gradient is NaN, so the optimizer skips the step
+    instead of the run dying."""
+    value = tf.linalg.slogdet(w)[1]
+
+    def grad(dy):
+        ok = tf.is_finite(value)
+        eye = tf.eye(int(w.get_shape()[0]), dtype=w.dtype)
+        inv = tf.matrix_inverse(tf.cond(ok, lambda: w, lambda: eye))
+        nan_if_singular = tf.cond(ok, lambda: tf.constant(1.0, w.dtype), lambda: tf.constant(np.nan, w.dtype))
+        return dy * tf.transpose(inv) * nan_if_singular
+
+    return value, grad
+
+
 def _conv1x1(z, w):
     """z [B,H,W,C] times w [C,C] on every pixel: out[c'] = sum_c z[c] w[c,c']."""
     n_c = int(w.get_shape()[0])
@@ -202,7 +225,7 @@ def invconv(name, z, logdet, reverse=False):
         init = _orthogonal_init(n_c).astype(z.dtype.as_numpy_dtype)
         w = tf.get_variable("W", dtype=z.dtype, initializer=init)
         w64 = tf.cast(w, tf.float64)
-        dlogdet = tf.cast(tf.linalg.slogdet(w64)[1], z.dtype) * (h * w_)
+        dlogdet = tf.cast(log_abs_det(w64), z.dtype) * (h * w_)
         if not reverse:
             return _conv1x1(z, w), logdet + dlogdet
         w_inv = tf.cast(tf.matrix_inverse(w64), z.dtype)

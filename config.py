@@ -1,0 +1,232 @@
+"""Command line and configuration of train.py.
+
+The flags are openai/glow's, with their names and defaults, so the paper's
+commands run as written (argparse accepts unique prefixes: `--n_level 3`).
+Words are accepted where openai/glow took integer codes. `derive_config`
+validates the flags against the data and the number of ranks and derives
+everything else once (batch sizes, iterations per epoch, beta2); after it the
+config is a frozen namespace and nothing changes it.
+"""
+import argparse
+import math
+import types
+
+PERMUTATION_CODES = {"0": "reverse", "1": "shuffle", "2": "invconv", "3": "invconv_lu"}
+COUPLING_CODES = {"0": "additive", "1": "affine"}
+GRADIENT_CHECKPOINTING = {"0": "none", "1": "recompute", "2": "invertible"}
+TEMPERATURES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # openai/glow's sample grid
+
+
+def _coded(codes, what):
+    """An argparse type accepting openai/glow's integer code or the word."""
+    words = sorted(set(codes.values()))
+
+    def parse(text):
+        text = str(text).strip()
+        if text in codes:
+            return codes[text]
+        if text in words:
+            return text
+        raise argparse.ArgumentTypeError(
+            "%s %r: expected one of %s or its code %s"
+            % (what, text, ", ".join(words), ", ".join("%s=%s" % kv for kv in sorted(codes.items()))))
+
+    parse.__name__ = what
+    return parse
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train Glow (Kingma & Dhariwal 2018) with TF1 graph code on CPU, GPU or Ascend NPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # --- openai/glow's flags, names and defaults ---
+    a("--verbose", action="store_true", help="print every training step")
+    a("--restore_path", default="", help="checkpoint (prefix or folder) to start from instead of the init")
+    a("--logdir", default="./logs", help="where logs, checkpoints and samples go")
+    a("--problem", default="cifar10", help="data set, see data_loaders.PROBLEMS")
+    a("--category", default="", help="LSUN category (a subfolder of --data_dir)")
+    a("--data_dir", default="", help="folder with the data files (default: standard places, then download)")
+    a("--dal", type=int, default=1, choices=[0, 1, 2], help="data augmentation level: 0 none, 1 standard, 2 extra")
+    a("--fmap", type=int, default=1, help="parallel file readers (TFRecord problems)")
+    a("--pmap", type=int, default=16, help="parallel map threads (TFRecord problems)")
+    a("--n_train", type=int, default=None, help="training images per epoch (default: the whole training set)")
+    a("--n_test", type=int, default=-1, help="test images (-1: the whole test set)")
+    a("--n_batch_train", type=int, default=64, help="minibatch per rank at --anchor_size")
+    a("--n_batch_test", type=int, default=50, help="test minibatch per rank at --anchor_size")
+    a("--n_batch_init", type=int, default=256, help="images for data-dependent init at --anchor_size")
+    a("--optimizer", default="adamax", choices=["adam", "adamax"])
+    a("--lr", type=float, default=0.001, help="base learning rate")
+    a("--beta1", type=float, default=0.9, help="Adam beta1")
+    a("--polyak_epochs", type=float, default=1, help="averaging horizon in epochs: beta2 = 1 - 1/(its*this)")
+    a("--weight_decay", type=float, default=1.0, help="multiplicative weight decay per step (1.0: off)")
+    a("--epochs", type=int, default=1000000, help="epochs to train")
+    a("--epochs_warmup", type=float, default=10, help="epochs of linear learning-rate warm-up")
+    a("--epochs_full_valid", type=int, default=50, help="epochs between full test evaluations")
+    a("--gradient_checkpointing", type=_coded(GRADIENT_CHECKPOINTING, "gradient_checkpointing"), default="1",
+      help="0/none: plain backprop; 1/recompute: recompute each flow step in the backward pass; "
+           "2/invertible: rebuild activations with the inverse")
+    a("--image_size", type=int, default=-1, help="image size (-1: the problem's native size)")
+    a("--anchor_size", type=int, default=32, help="image size at which the batch sizes are given")
+    a("--width", type=int, default=512, help="channels of the coupling networks")
+    a("--depth", type=int, default=32, help="flow steps per level")
+    a("--weight_y", type=float, default=0.0, help="weight of the class loss (with --ycond)")
+    a("--n_bits_x", type=int, default=8, help="bits per colour channel")
+    a("--n_levels", type=int, default=3, help="levels of the multi-scale architecture")
+    a("--n_sample", type=int, default=1, help="(openai/glow, unused) sampling minibatch")
+    a("--epochs_full_sample", type=int, default=50, help="epochs between sample grids")
+    a("--learntop", action="store_true", help="learn the top prior")
+    a("--ycond", action="store_true", help="class-conditional prior")
+    a("--seed", type=int, default=0, help="random seed")
+    a("--flow_permutation", type=_coded(PERMUTATION_CODES, "flow_permutation"), default="2",
+      help="0/reverse, 1/shuffle, 2/invconv, 3/invconv_lu")
+    a("--flow_coupling", type=_coded(COUPLING_CODES, "flow_coupling"), default="0", help="0/additive, 1/affine")
+    a("--inference", action="store_true", help="encode the test set to logdir/z.npy (and x.npy), then exit")
+    # --- the Ascend/ModelArts seed's flags ---
+    a("--data_url", default="", help="ModelArts: data location (obs:// or local), copied to a local cache")
+    a("--train_url", default="", help="ModelArts: where logs and checkpoints are copied back to")
+    # --- ours ---
+    a("--lu", action="store_true", help="use the LU-decomposed 1x1 conv (same as --flow_permutation invconv_lu)")
+    a("--device", default="cpu", choices=["cpu", "gpu", "npu"], help="where the graph runs")
+    a("--backend", default="auto", choices=["auto", "none", "horovod", "hccl"], help="how ranks talk")
+    a("--precision_mode", default="allow_fp32_to_fp16", help="Ascend precision mode (--device npu)")
+    a("--xla", action="store_true", help="XLA JIT (CPU/GPU)")
+    a("--resume", action="store_true", help="continue from the latest checkpoint in --logdir")
+    a("--save_every", type=int, default=1, help="epochs between checkpoints")
+    a("--max_nonfinite", type=int, default=10,
+      help="consecutive skipped (non-finite) steps before restoring the last good checkpoint")
+    a("--lr_backoff", type=float, default=0.5, help="learning-rate factor applied at each such recovery")
+    a("--n_channels", type=int, default=None, choices=[1, 3], help="MNIST-like problems: 1 (default) or 3 channels")
+    a("--evaluate", action="store_true", help="test bits/dim of --restore_path (or the latest checkpoint), then exit")
+    a("--n_dequant_draws", type=int, default=1, help="with --evaluate: average over this many noise draws")
+    a("--sample", type=int, default=0, metavar="N", help="write N samples of the checkpoint to a PNG grid, then exit")
+    a("--temperature", type=float, default=0.7, help="with --sample")
+    a("--tensorboard", action="store_true", help="also write TensorBoard summaries")
+    a("--max_steps", type=int, default=0, help="stop after this many training steps in total (0: no limit)")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse the command line; unknown arguments are an error except on
+    ModelArts, whose launcher adds its own (they are reported)."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not (args.data_url or args.train_url):
+        parser.error("unrecognized arguments: %s" % " ".join(unknown))
+    args.unknown_args = unknown
+    return args
+
+
+def check_args(args):
+    """Errors that need no data: impossible values and flag combinations."""
+    def bad(msg):
+        raise ValueError(msg)
+
+    if args.lu:
+        if args.flow_permutation not in ("invconv", "invconv_lu"):
+            bad("--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation)
+    for name in ("n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
+                 "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws"):
+        if getattr(args, name) < 1:
+            bad("--%s %d: must be >= 1" % (name, getattr(args, name)))
+    if args.lr <= 0 or not math.isfinite(args.lr):
+        bad("--lr %r: must be a positive number" % args.lr)
+    if not 0 <= args.beta1 < 1:
+        bad("--beta1 %r: must be in [0, 1)" % args.beta1)
+    if not 0 < args.weight_decay <= 1:
+        bad("--weight_decay %r: multiplies the weights each step, must be in (0, 1] (1: off)" % args.weight_decay)
+    if args.polyak_epochs <= 0:
+        bad("--polyak_epochs %r: must be > 0" % args.polyak_epochs)
+    if args.epochs_warmup < 0:
+        bad("--epochs_warmup %r: must be >= 0" % args.epochs_warmup)
+    if not 1 <= args.n_bits_x <= 8:
+        bad("--n_bits_x %d: must be in 1..8" % args.n_bits_x)
+    if args.image_size != -1 and (args.image_size < 2 or args.image_size & (args.image_size - 1)):
+        bad("--image_size %d: must be a power of two (e.g. 32), or -1 for the problem's size" % args.image_size)
+    if args.image_size != -1 and args.image_size < 2 ** args.n_levels:
+        bad("--image_size %d is too small for --n_levels %d: needs at least %d"
+            % (args.image_size, args.n_levels, 2 ** args.n_levels))
+    if args.weight_y > 0 and not args.ycond:
+        bad("--weight_y %r needs --ycond (the class loss reads the class-conditional prior)" % args.weight_y)
+    if args.resume and args.restore_path:
+        bad("--resume and --restore_path: --resume continues --logdir's own run; pick one")
+    modes = [m for m in ("inference", "evaluate") if getattr(args, m)] + (["sample"] if args.sample else [])
+    if len(modes) > 1:
+        bad("--%s: pick one mode" % " and --".join(modes))
+    if not 0 < args.lr_backoff <= 1:
+        bad("--lr_backoff %r: must be in (0, 1]" % args.lr_backoff)
+    if args.device == "npu" and args.xla:
+        bad("--xla with --device npu: the NPU compiles graphs itself; drop --xla")
+    if args.sample < 0 or args.max_steps < 0:
+        bad("--sample and --max_steps must be >= 0")
+
+
+def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
+    """One validated config from the flags, the data's facts and the ranks.
+
+    Batch sizes follow openai/glow: given at --anchor_size, scaled by the
+    pixel count so that memory per step stays about the same at other image
+    sizes. Unlike openai/glow (a lookup table that fails with KeyError), any
+    size that leaves at least one image per batch works."""
+    check_args(args)
+    image_size = image_shape[0]
+    scale = float(args.anchor_size ** 2) / (image_size * image_size)
+
+    def scaled(n, name):
+        value = int(n * scale)
+        if value < 1:
+            raise ValueError("--%s %d at --anchor_size %d is less than one %dx%d image per rank; raise it"
+                             % (name, n, args.anchor_size, image_size, image_size))
+        return value
+
+    if image_size % 2 ** args.n_levels:
+        raise ValueError("image size %d with --n_levels %d: must be divisible by %d"
+                         % (image_size, args.n_levels, 2 ** args.n_levels))
+    if args.ycond and n_y < 2:
+        raise ValueError("--ycond on --problem %s: it has no class labels (n_y = %d)" % (args.problem, n_y))
+    local_batch_train = scaled(args.n_batch_train, "n_batch_train")
+    per_rank = n_train // n_ranks
+    train_its = per_rank // local_batch_train
+    if train_its < 1:
+        raise ValueError("%d training images over %d ranks give %d per rank, fewer than one batch of %d"
+                         % (n_train, n_ranks, per_rank, local_batch_train))
+    cfg = dict(vars(args))
+    cfg.pop("unknown_args", None)
+    cfg.update(
+        image_size=image_size,
+        image_shape=list(image_shape),
+        n_y=n_y,
+        n_train=n_train,
+        n_test=n_test,
+        n_ranks=n_ranks,
+        permutation="invconv_lu" if args.lu else args.flow_permutation,
+        coupling=args.flow_coupling,
+        local_batch_train=local_batch_train,
+        local_batch_test=scaled(args.n_batch_test, "n_batch_test"),
+        local_batch_init=scaled(args.n_batch_init, "n_batch_init"),
+        train_its=train_its,
+        # openai/glow: beta2 (Adam's second moment and the Polyak average)
+        # averages over polyak_epochs epochs.
+        beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
+        images_per_step=local_batch_train * n_ranks,
+    )
+    return types.SimpleNamespace(**cfg)
+
+
+def lr_at(cfg, n_processed):
+    """openai/glow's linear warm-up from 0 over epochs_warmup epochs, by images seen."""
+    if cfg.epochs_warmup <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, n_processed / (cfg.n_train * cfg.epochs_warmup))
+
+
+def is_eval_epoch(cfg, epoch):
+    """openai/glow's schedule (epochs 1-9, every 10th to 50, every
+    epochs_full_valid), plus the last epoch."""
+    return epoch < 10 or (epoch < 50 and epoch % 10 == 0) or epoch % cfg.epochs_full_valid == 0 \
+        or epoch == cfg.epochs
+
+
+def is_sample_epoch(cfg, epoch):
+    """openai/glow's schedule (epochs 1 and 10, every epochs_full_sample), plus the last epoch."""
+    return epoch in (1, 10) or epoch % cfg.epochs_full_sample == 0 or epoch == cfg.epochs

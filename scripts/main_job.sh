@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job: on a fresh machine, set up the TF 2.x environment, install
+# Fashion-MNIST from Debian's package if needed, and train a small Glow on it
+# (about an hour on a 2-core CPU), writing logs, checkpoints and sample grids
+# to ${LOGDIR:-./logs/fashion-mnist}. Extra arguments go to train.py, e.g.
+#   bash scripts/main_job.sh --epochs 1        # a shorter run
+#   bash scripts/main_job.sh --resume          # continue an interrupted run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  fi
+fi
+py="$(scripts/setup_env.sh tf2)/bin/python"
+exec "$py" train.py --problem fashion-mnist --logdir "${LOGDIR:-./logs/fashion-mnist}" \
+  --n_levels 3 --depth 8 --width 128 --flow_permutation invconv --flow_coupling affine \
+  --gradient_checkpointing 0 --epochs 5 --epochs_warmup 1 --lr 0.001 --seed 0 "$@"

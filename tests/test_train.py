@@ -1,0 +1,162 @@
+"""train.py end to end on a subset of the real Fashion-MNIST (Debian's
+dataset-fashion-mnist, installed by .ci/run): training lowers test bits/dim,
+--resume continues, non-finite steps are survived, every mode runs, and bad
+flags give clear errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import train
+import utils
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(FMNIST) and not os.environ.get("CI"),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+
+TINY = ["--problem", "fashion-mnist", "--n_levels", "2", "--depth", "2", "--width", "32",
+        "--flow_coupling", "affine", "--n_train", "2048", "--n_test", "512", "--n_batch_init", "128",
+        "--gradient_checkpointing", "0", "--epochs_warmup", "1", "--seed", "1"]
+
+
+def _run(tmp_path, *extra, **kwargs):
+    logdir = str(kwargs.pop("logdir", tmp_path / "logs"))
+    status = train.main(TINY + ["--logdir", logdir] + list(extra))
+    return status, logdir
+
+
+def _records(logdir, name):
+    return [r for r in utils.read_jsonl(os.path.join(logdir, name)) if "problem" not in r]
+
+
+def test_training_lowers_test_bits_and_writes_everything(tmp_path):
+    # Untrained reference: one step at a learning rate of nearly zero.
+    _, ref_dir = _run(tmp_path, "--epochs", "1", "--max_steps", "1", "--epochs_warmup", "1000",
+                      logdir=tmp_path / "ref")
+    untrained = _records(ref_dir, "test.txt")[-1]["bits_x"]
+    status, logdir = _run(tmp_path, "--epochs", "10", "--lr", "0.002")
+    assert status == 0
+    tests = _records(logdir, "test.txt")
+    trains = _records(logdir, "train.txt")
+    assert [r["epoch"] for r in trains] == list(range(1, 11))  # 32 steps per epoch: 320 steps
+    final = tests[-1]["bits_x"]
+    assert final < untrained - 1.0, (untrained, final)
+    assert trains[-1]["n_skipped"] == 0
+    first = utils.read_jsonl(os.path.join(logdir, "train.txt"))[0]
+    assert first["problem"] == "fashion-mnist" and first["depth"] == 2 and first["train_its"] == 32
+    samples = os.listdir(os.path.join(logdir, "samples"))
+    assert "epoch_0010_t0.70.png" in samples and len(samples) == 2 * 8  # epochs 1 and 10 (also the last)
+    assert os.path.exists(os.path.join(logdir, "best", "checkpoint"))
+
+
+def test_resume_continues_from_saved_step(tmp_path):
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "20")
+    assert status == 0
+    status, _ = _run(tmp_path, "--epochs", "2", "--resume")
+    assert status == 0
+    events = _records(logdir, "events.txt")
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["step"] == 20 and resumed[0]["epoch"] == 1
+    trains = _records(logdir, "train.txt")
+    assert [(r["epoch"], r["step"]) for r in trains] == [(1, 20), (2, 52)]
+    lines = utils.read_jsonl(os.path.join(logdir, "train.txt"))
+    assert lines[0].get("resumed") is None and any(line.get("resumed") for line in lines[1:])
+
+
+def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
+    """Steps 5..16 report non-finite: each is skipped and logged, after
+    --max_nonfinite in a row the last checkpoint is restored with a lower
+    learning rate, and training goes on to lower bits/dim."""
+    real_step = train.trainer_lib.Trainer.train_step
+    calls = {"n": 0}
+
+    def flaky_step(self, x, y, lr):
+        calls["n"] += 1
+        if 5 <= calls["n"] <= 16:
+            return False, None
+        return real_step(self, x, y, lr)
+
+    monkeypatch.setattr(train.trainer_lib.Trainer, "train_step", flaky_step)
+    status, logdir = _run(tmp_path, "--epochs", "3", "--max_nonfinite", "5")
+    assert status == 0
+    events = _records(logdir, "events.txt")
+    assert sum(e.get("event") == "skipped_step" for e in events) == 12
+    recovered = [e for e in events if e.get("event") == "recovered"]
+    assert [e["lr_scale"] for e in recovered] == [0.5, 0.25]
+    tests = _records(logdir, "test.txt")
+    assert tests[-1]["bits_x"] < tests[0]["bits_x"]
+
+
+def test_singular_invconv_is_skipped_in_the_graph(tmp_path):
+    """A 1x1 conv weight set to a singular matrix makes the loss non-finite:
+    the step is not applied (weights unchanged) and counted."""
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "2")
+    assert status == 0
+    args = train.config.parse_args(TINY + ["--logdir", logdir])
+    run = _open_run(args)
+    try:
+        tr = run.trainer
+        tr.restore(os.path.join(logdir, "checkpoints"))
+        w = [v for v in tr.graph.get_collection("trainable_variables") if v.name.endswith("invconv/W:0")][0]
+        w.load(np.zeros(w.get_shape().as_list(), np.float32), tr.sess)
+        before = tr.sess.run(tr.graph.get_collection("trainable_variables"))
+        x, y = run.data.init_batch(64)
+        applied, _ = tr.train_step(x, y, 1e-3)
+        after = tr.sess.run(tr.graph.get_collection("trainable_variables"))
+        assert not applied and tr.n_skipped() == 1
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        run.close()
+
+
+def _open_run(args):
+    backend = train.runtime.make_backend("none", "cpu")
+    data = train.data_loaders.get_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test)
+    cfg = train.config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, 1)
+    tr = train.trainer_lib.Trainer(cfg, backend, lambda g: train.runtime.make_session("cpu", backend, graph=g))
+    return train.Run(cfg, data, tr, backend)
+
+
+def test_modes_inference_evaluate_sample(tmp_path):
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "10")
+    assert status == 0
+    assert _run(tmp_path, "--inference")[0] == 0
+    z = np.load(os.path.join(logdir, "z.npy"))
+    x = np.load(os.path.join(logdir, "x.npy"))
+    assert z.shape == (512, 32 * 32) and x.shape == (512, 32, 32, 1) and x.dtype == np.uint8
+    assert _run(tmp_path, "--evaluate", "--n_dequant_draws", "2")[0] == 0
+    evaluated = _records(logdir, "test.txt")[-1]
+    assert evaluated["mode"] == "evaluate" and evaluated["n_images"] == 512
+    assert _run(tmp_path, "--sample", "20", "--temperature", "0.5")[0] == 0
+    assert os.path.exists(os.path.join(logdir, "samples_t0.50.png"))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--weight_y", "0.1"], "--weight_y 0.1 needs --ycond"),
+    (["--image_size", "30"], "--image_size 30: must be a power of two"),
+    (["--resume", "--restore_path", "x"], "pick one"),
+    (["--flow_permutation", "7"], "flow_permutation '7'"),
+    (["--n_levels", "6"], "image size 32 with --n_levels 6"),
+    (["--lu", "--flow_permutation", "0"], "--lu with --flow_permutation reverse"),
+])
+def test_bad_flags_are_clear_errors(tmp_path, flags, message):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + TINY
+                          + ["--logdir", str(tmp_path / "l")] + flags,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_logdir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        _run(tmp_path, "--epochs", "1", logdir=path)

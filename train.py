@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""Train Glow (Kingma & Dhariwal 2018) from the command line.
+
+    python train.py --problem fashion-mnist --n_levels 3 --depth 8 --width 128 ...
+
+Flags are openai/glow's (see config.py). The run writes to --logdir:
+train.txt and test.txt (JSON lines, the first line the full config),
+events.txt (skipped steps, recoveries), checkpoints/ (latest), best/ (best test
+bits/dim) and samples/ (PNG grids at several temperatures). Evaluation and
+samples use the Polyak-averaged weights.
+
+Other modes: --inference (encode the test set), --evaluate (test bits/dim of a
+checkpoint), --sample N (a PNG grid from a checkpoint).
+"""
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import config  # noqa: E402
+import data_loaders  # noqa: E402
+import memory_saving_gradients  # noqa: E402
+import modelarts  # noqa: E402
+import runtime  # noqa: E402
+import trainer as trainer_lib  # noqa: E402
+import utils  # noqa: E402
+
+
+class Run(object):
+    """What the loop functions share: config, data, graph, loggers, rank."""
+
+    def __init__(self, cfg, data, trainer, backend):
+        self.cfg = cfg
+        self.data = data
+        self.trainer = trainer
+        self.backend = backend
+        self.chief = backend.is_chief()
+        self.logdir = cfg.logdir
+        self.train_log = self.test_log = self.event_log = None
+        if self.chief:
+            self.train_log = utils.ResultLogger(os.path.join(self.logdir, "train.txt"), vars(cfg))
+            self.test_log = utils.ResultLogger(os.path.join(self.logdir, "test.txt"), vars(cfg))
+            self.event_log = utils.ResultLogger(os.path.join(self.logdir, "events.txt"), vars(cfg))
+
+    def say(self, *parts):
+        if self.chief:
+            print(*parts)
+            sys.stdout.flush()
+
+    def event(self, **fields):
+        self.say("event:", " ".join("%s=%s" % kv for kv in sorted(fields.items())))
+        if self.chief:
+            self.event_log.log(**fields)
+
+    def close(self):
+        for log in (self.train_log, self.test_log, self.event_log):
+            if log is not None:
+                log.close()
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+def train_one_epoch(run, epoch, state, skip=0):
+    """One pass over this rank's shard, less its first `skip` batches (done
+    before an interruption). Returns (mean stats, images/s)."""
+    cfg, tr = run.cfg, run.trainer
+    results, consecutive_bad = [], 0
+    t0 = time.time()
+    n_steps = 0
+    show_bar = run.chief and sys.stdout.isatty() and not cfg.verbose
+    for step, (x, y) in enumerate(run.data.train_batches(cfg.local_batch_train, epoch)):
+        if step < skip:
+            continue
+        lr = config.lr_at(cfg, state["n_processed"])
+        try:
+            applied, stats = tr.train_step(x, y, lr)
+            failure = None if applied else "non-finite loss or gradient"
+        except tf.errors.InvalidArgumentError as e:
+            # e.g. "Input is not invertible" from a 1x1 conv gone singular:
+            # nothing was applied, treat it like a non-finite step.
+            applied, stats = False, None
+            failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
+        state["n_processed"] += cfg.images_per_step
+        state["step"] += 1
+        n_steps += 1
+        if applied:
+            consecutive_bad = 0
+            results.append(stats)
+        else:
+            consecutive_bad += 1
+            run.event(event="skipped_step", epoch=epoch, step=state["step"], reason=failure,
+                      consecutive=consecutive_bad)
+            if consecutive_bad >= cfg.max_nonfinite:
+                recover(run, state)
+                consecutive_bad = 0
+        if cfg.verbose:
+            run.say(state["step"], "lr %.6f" % lr, stats)
+        elif show_bar and step % 10 == 0:
+            sys.stdout.write("\repoch %d [%d/%d]" % (epoch, step, cfg.train_its))
+            sys.stdout.flush()
+        if cfg.max_steps and state["step"] >= cfg.max_steps:
+            break
+    if show_bar:
+        sys.stdout.write("\r")
+    dt = time.time() - t0
+    mean = np.mean(results, axis=0) if results else np.full(4, np.nan)
+    return mean, n_steps * cfg.images_per_step / max(dt, 1e-9)
+
+
+def recover(run, state):
+    """After max_nonfinite bad steps in a row: back to the last good
+    checkpoint, with the learning rate lowered."""
+    cfg, tr = run.cfg, run.trainer
+    folder = os.path.join(run.logdir, "checkpoints")
+    prefix = tf.train.latest_checkpoint(folder)
+    if prefix is None:
+        raise RuntimeError("%d non-finite steps in a row and no checkpoint in %s to go back to"
+                           % (cfg.max_nonfinite, folder))
+    tr.restore(prefix)
+    state["lr_scale"] *= cfg.lr_backoff
+    tr.set_state(lr_scale=state["lr_scale"])
+    run.event(event="recovered", step=state["step"], checkpoint=os.path.basename(prefix),
+              lr_scale=state["lr_scale"])
+
+
+def evaluate(run, n_draws=1):
+    """Test loss and bits/dim (Polyak weights) over the whole test set, all ranks."""
+    sums, count = run.trainer.eval_sums(run.data.test_batches(run.cfg.local_batch_test), n_draws)
+    return dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), (sums / max(count, 1)).tolist())), count
+
+
+def draw_samples(run, epoch):
+    """openai/glow's grids: one PNG per temperature, 10x10 (4x4 above 64 px),
+    classes cycling along each row."""
+    if not run.chief:
+        return
+    cfg = run.cfg
+    rows = 10 if cfg.image_size <= 64 else 4
+    y = np.arange(rows * rows, dtype=np.int32) % cfg.n_y
+    folder = os.path.join(run.logdir, "samples")
+    os.makedirs(folder, exist_ok=True)
+    for t in config.TEMPERATURES:
+        images = np.concatenate([run.trainer.sample(y[i:i + cfg.local_batch_train],
+                                                    np.full(len(y[i:i + cfg.local_batch_train]), t, np.float32))
+                                 for i in range(0, len(y), cfg.local_batch_train)])
+        utils.save_image_grid(images, os.path.join(folder, "epoch_%04d_t%.2f.png" % (epoch, t)), n_cols=rows)
+
+
+def save(run, state, best=False):
+    """Checkpoint on the chief, with the run state; copied to --train_url on ModelArts."""
+    if not run.chief:
+        return
+    tr = run.trainer
+    tr.set_state(epoch=state["epoch"], n_processed=state["n_processed"], lr_scale=state["lr_scale"],
+                 best_test=state["best_test"])
+    path = tr.save(run.logdir, state["step"], best=best)
+    if path is None:
+        run.event(event="save_refused", reason="non-finite weights", step=state["step"])
+    if run.cfg.train_url:
+        modelarts.sync_out(run.logdir, run.cfg.train_url)
+
+
+def train(run, state):
+    cfg = run.cfg
+    run.say("epoch  train_bits  test_bits  images/s  time(s)  lr")
+    # Steps already done in an epoch that was interrupted: the batch order is
+    # fixed by (seed, epoch), so the resumed epoch picks up where it stopped.
+    skip = state["step"] - state["epoch"] * cfg.train_its
+    skip = skip if 0 < skip < cfg.train_its else 0
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t0 = time.time()
+        mean, ips = train_one_epoch(run, epoch, state, skip)
+        skip = 0
+        state["epoch"] = epoch
+        stats = dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), mean.tolist()))
+        if run.chief:
+            run.train_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], ips=ips,
+                              lr=config.lr_at(cfg, state["n_processed"]) * state["lr_scale"],
+                              n_skipped=run.trainer.n_skipped(), **stats)
+        test = None
+        stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
+        if config.is_eval_epoch(cfg, epoch) or stop:
+            test, _ = evaluate(run)
+            if run.chief:
+                run.test_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], **test)
+            if test["loss"] < state["best_test"]:
+                state["best_test"] = test["loss"]
+                save(run, state, best=True)
+        if config.is_sample_epoch(cfg, epoch) or stop:
+            draw_samples(run, epoch)
+        if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop:
+            save(run, state)
+        run.say("%5d  %10.4f  %9s  %8.1f  %7.1f  %.2e" % (
+            epoch, stats["bits_x"], "%.4f" % test["bits_x"] if test else "-", ips, time.time() - t0,
+            config.lr_at(cfg, state["n_processed"]) * state["lr_scale"]))
+        if stop:
+            run.say("stopped at --max_steps %d" % cfg.max_steps)
+            break
+
+
+# ---------------------------------------------------------------------------- modes
+
+
+def run_inference(run):
+    """Encode the test set to logdir/z.npy (with x.npy and y.npy) and check that
+    decoding z gives back x."""
+    zs, xs, ys, mismatched = [], [], [], 0
+    for x, y in run.data.test_batches(run.cfg.local_batch_test):
+        z, x_back = run.trainer.encode(x, y)
+        mismatched += int(np.sum(np.any(x_back != x, axis=(1, 2, 3))))
+        zs.append(z)
+        xs.append(x)
+        ys.append(y)
+    suffix = "" if run.backend.size() == 1 else "_rank%d" % run.backend.rank()
+    for name, arrays in (("z", zs), ("x", xs), ("y", ys)):
+        np.save(os.path.join(run.logdir, name + suffix + ".npy"), np.concatenate(arrays))
+    n = sum(len(x) for x in xs)
+    print("inference: encoded %d test images to %s; decoding reproduced %d of them exactly"
+          % (n, os.path.join(run.logdir, "z%s.npy" % suffix), n - mismatched))
+    return 0 if mismatched == 0 else 1
+
+
+def run_sample(run):
+    cfg = run.cfg
+    n = cfg.sample
+    y = np.arange(n, dtype=np.int32) % cfg.n_y
+    images = np.concatenate([run.trainer.sample(y[i:i + cfg.local_batch_train],
+                                                np.full(len(y[i:i + cfg.local_batch_train]), cfg.temperature,
+                                                        np.float32))
+                             for i in range(0, n, cfg.local_batch_train)])
+    path = os.path.join(run.logdir, "samples_t%.2f.png" % cfg.temperature)
+    if run.chief:
+        utils.save_image_grid(images, path)
+        print("sample: %d images at temperature %.2f -> %s" % (n, cfg.temperature, path))
+    return 0
+
+
+def run_evaluate(run):
+    test, count = evaluate(run, run.cfg.n_dequant_draws)
+    if run.chief:
+        run.test_log.log(mode="evaluate", n_images=count, n_dequant_draws=run.cfg.n_dequant_draws, **test)
+        print("evaluate: test bits/dim %.4f over %d images (%d dequantisation draws)"
+              % (test["bits_x"], count, run.cfg.n_dequant_draws))
+    return 0
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def prepare_logdir(path):
+    """Create --logdir, or fail clearly before any work when it cannot be used."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError("--logdir %s is a file; give a folder" % path)
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise ValueError("--logdir %s is not writable" % path)
+    return path
+
+
+def start(run, args):
+    """Initialise or restore the weights. Returns the run state."""
+    tr, cfg = run.trainer, run.cfg
+    state = {"epoch": 0, "n_processed": 0, "step": 0, "lr_scale": 1.0, "best_test": float("inf")}
+    needs_checkpoint = args.inference or args.evaluate or args.sample
+    if args.resume or (needs_checkpoint and not args.restore_path):
+        folder = os.path.join(run.logdir, "checkpoints")
+        prefix = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
+        if prefix is None:
+            raise ValueError("--logdir %s has no checkpoint in checkpoints/ to %s"
+                             % (run.logdir, "resume from" if args.resume else "use; give --restore_path"))
+        tr.restore(prefix)
+        state.update(tr.state())
+        state["step"] = int(prefix.rsplit("-", 1)[1])
+        run.say("restored %s (epoch %d, step %d)" % (prefix, state["epoch"], state["step"]))
+        run.event(event="resumed" if args.resume else "restored", checkpoint=prefix, **state)
+    elif args.restore_path:
+        prefix = tr.restore(args.restore_path)
+        tr.set_state(epoch=0, n_processed=0, lr_scale=1.0, best_test=float("inf"))
+        run.say("started from weights of %s" % prefix)
+    else:
+        x_init, y_init = run.data.init_batch(cfg.local_batch_init)
+        tr.initialize(x_init, y_init)
+        save(run, state)  # a good checkpoint to fall back to from the first step
+    return state
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    # SIGTERM (a scheduler stopping the job) saves and exits like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    args = config.parse_args(argv)
+    config.check_args(args)
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    tf.disable_v2_behavior()
+    backend = runtime.make_backend(runtime.detect_backend(args.backend, args.device), args.device)
+    run = None
+    try:
+        data_dir = args.data_dir
+        if args.data_url:
+            # One copy per rank: processes on one node must not copy into the same folder.
+            local = "modelarts" if backend.size() == 1 else "modelarts-rank%d" % backend.rank()
+            data_dir = modelarts.sync_in(args.data_url, os.path.join(os.path.expanduser("~"), ".cache",
+                                                                     "glow-data", local))
+        if args.category:
+            data_dir = os.path.join(data_dir, args.category)
+        data = data_loaders.get_data(
+            args.problem, data_dir=data_dir or None, image_size=None if args.image_size == -1 else args.image_size,
+            n_train=args.n_train, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
+            seed=args.seed, rank=backend.rank(), size=backend.size(), n_channels=args.n_channels)
+        args.logdir = prepare_logdir(args.logdir)
+        cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())
+        cfg.gradient_checkpointing_used = memory_saving_gradients.effective_mode(cfg.gradient_checkpointing)
+        trainer = trainer_lib.Trainer(
+            cfg, backend, lambda graph: runtime.make_session(
+                args.device, backend, precision_mode=args.precision_mode, xla=args.xla, graph=graph))
+        run = Run(cfg, data, trainer, backend)
+        state = start(run, args)
+        if args.inference:
+            return run_inference(run)
+        if args.evaluate:
+            return run_evaluate(run)
+        if args.sample:
+            return run_sample(run)
+        try:
+            train(run, state)
+        except KeyboardInterrupt:
+            run.say("\ninterrupted: saving a checkpoint at step %d; continue with --resume" % state["step"])
+            save(run, state)
+            return 130
+        run.say("finished: logs and checkpoints in %s" % run.logdir)
+        return 0
+    finally:
+        if run is not None:
+            run.close()
+        backend.close()
+
+
+def cli():
+    """Entry point: user mistakes (bad flags, missing data) end with one clear
+    line and exit status 2, not a traceback."""
+    try:
+        return main()
+    except (ValueError, data_loaders.DataError) as e:
+        if os.environ.get("GLOW_TRACEBACK"):
+            raise
+        sys.stderr.write("error: %s\n(set GLOW_TRACEBACK=1 for the traceback)\n" % e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

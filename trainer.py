@@ -1,0 +1,197 @@
+"""The training graph of train.py and what runs it: init, one step,
+evaluation, sampling, encoding, checkpoints.
+
+One `Trainer` builds, once, every graph a run needs on one set of weights:
+the data-dependent init, the training step (gradients averaged over ranks,
+Adam/Adamax, Polyak average, skipped when non-finite), and evaluation,
+sampling and encoding graphs that read the Polyak averages through a custom
+getter. The loop itself lives in train.py.
+"""
+import os
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import memory_saving_gradients
+import model as glow_model
+import optim
+
+
+
+class Trainer(object):
+    """Graph and session of one run. cfg: the frozen config of config.py."""
+
+    def __init__(self, cfg, backend, session_factory):
+        self.cfg = cfg
+        self.backend = backend
+        self.glow = glow_model.Glow(
+            cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
+            permutation=cfg.permutation, coupling=cfg.coupling, n_bits_x=cfg.n_bits_x,
+            learntop=cfg.learntop, ycond=cfg.ycond, n_y=cfg.n_y, weight_y=cfg.weight_y)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.set_random_seed(backend.rank_seed(cfg.seed))
+            self._build()
+            self.graph.finalize()
+        self.sess = session_factory(self.graph)
+
+    # -- graph ---------------------------------------------------------------
+
+    def _build(self):
+        cfg, glow = self.cfg, self.glow
+        h, w, c = cfg.image_shape
+        self.x = tf.placeholder(tf.uint8, [None, h, w, c], name="x")
+        self.y = tf.placeholder(tf.int32, [None], name="y")
+        self.lr = tf.placeholder(tf.float32, [], name="lr")
+
+        self.init_loss = glow.init_op(self.x, self.y)
+        stats = glow.losses(self.x, self.y)
+        loss = tf.reduce_mean(stats["loss"])
+        params = tf.trainable_variables()
+        grads = memory_saving_gradients.gradients(loss, params, mode=cfg.gradient_checkpointing)
+        grads = self.backend.allreduce_mean(grads)
+
+        with tf.variable_scope("run"):
+            # Run state, saved with the weights so --resume continues exactly.
+            self.epoch = tf.get_variable("epoch", [], tf.int64, tf.zeros_initializer(), trainable=False)
+            self.n_processed = tf.get_variable("n_processed", [], tf.int64, tf.zeros_initializer(),
+                                               trainable=False)
+            self.lr_scale = tf.get_variable("lr_scale", [], tf.float32, tf.ones_initializer(), trainable=False)
+            self.best_test = tf.get_variable("best_test", [], tf.float32,
+                                             tf.constant_initializer(np.inf), trainable=False)
+        self.opt = optim.make_train_op(cfg.optimizer, params, grads, self.lr * self.lr_scale, cfg.beta1,
+                                       cfg.beta2, weight_decay=cfg.weight_decay, loss=loss)
+        self.train_stats = self._mean_stats(stats)
+        ema = self.opt.ema.ema_getter
+
+        eval_stats = glow.losses(self.x, self.y, custom_getter=ema)
+        self.eval_per_example = [eval_stats["loss"], eval_stats["bits_x"], eval_stats["bits_y"],
+                                 eval_stats["pred_error"]]
+
+        self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
+        self.samples = glow.sample(self.y, self.temperature, custom_getter=ema)
+
+        # Encoding at the centre of each bin: deterministic, and decoding it
+        # must give back the same integers.
+        x_centre = glow.preprocess(self.x) + 0.5 / glow.n_bins
+        enc = glow.encode(x_centre, self.y, custom_getter=ema)
+        n = tf.shape(self.x)[0]
+        self.z_flat = tf.concat([tf.reshape(e, [n, -1]) for e in enc.eps], axis=1)
+        self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y, custom_getter=ema))
+
+        self.sums_in = tf.placeholder(tf.float32, [None], name="sums")
+        self.sums_out = self.backend.allreduce_mean(self.sums_in) * float(self.backend.size())
+
+        float_vars = [v for v in tf.global_variables() if v.dtype.base_dtype.is_floating]
+        self.all_finite = tf.reduce_all(tf.stack(
+            [tf.reduce_all(tf.is_finite(v)) for v in float_vars if v is not self.best_test]))
+        self.broadcast = self.backend.broadcast_variables(tf.global_variables())
+        self.global_init = tf.global_variables_initializer()
+        self.saver = tf.train.Saver(max_to_keep=2, save_relative_paths=True)
+        self.best_saver = tf.train.Saver(max_to_keep=1, save_relative_paths=True)
+
+    def _mean_stats(self, stats):
+        local = tf.stack([tf.reduce_mean(stats[k]) for k in ("loss", "bits_x", "bits_y", "pred_error")])
+        return self.backend.allreduce_mean(local)
+
+    # -- setup -----------------------------------------------------------------
+
+    def initialize(self, x_init, y_init):
+        """Fresh weights: variable initialisers, data-dependent init on one
+        batch per rank, rank 0's weights broadcast to all (so every rank starts
+        from rank 0's init statistics), then the Polyak average seeded from
+        them."""
+        self.sess.run(self.global_init)
+        self.sess.run(self.init_loss, {self.x: x_init, self.y: y_init})
+        self.sess.run(self.broadcast)
+        self.sess.run(self.opt.ema.seed_op)
+
+    def restore(self, path):
+        """Restore a checkpoint (a prefix, or a folder holding one) and make all
+        ranks equal to rank 0."""
+        prefix = resolve_checkpoint(path)
+        self.sess.run(self.global_init)
+        self.saver.restore(self.sess, prefix)
+        self.sess.run(self.broadcast)
+        return prefix
+
+    def state(self):
+        epoch, n_processed, lr_scale, best = self.sess.run(
+            [self.epoch, self.n_processed, self.lr_scale, self.best_test])
+        return {"epoch": int(epoch), "n_processed": int(n_processed), "lr_scale": float(lr_scale),
+                "best_test": float(best)}
+
+    def set_state(self, **values):
+        for name, value in values.items():
+            getattr(self, name).load(value, self.sess)
+
+    # -- steps -------------------------------------------------------------------
+
+    def train_step(self, x, y, lr):
+        """One step. Returns (applied, stats [loss, bits_x, bits_y, pred_error])."""
+        _, applied, stats = self.sess.run([self.opt.train_op, self.opt.grads_finite, self.train_stats],
+                                          {self.x: x, self.y: y, self.lr: lr})
+        return bool(applied), stats
+
+    def n_skipped(self):
+        return int(self.sess.run(self.opt.n_skipped))
+
+    def eval_sums(self, batches, n_draws=1):
+        """Sums over `batches` of the per-example stats with the Polyak
+        weights, averaged over n_draws dequantisation draws, added up over
+        ranks. Returns (sums [4], count)."""
+        sums = np.zeros(4)
+        count = 0
+        for x, y in batches:
+            for _ in range(n_draws):
+                per_example = self.sess.run(self.eval_per_example, {self.x: x, self.y: y})
+                sums += [np.sum(v) / n_draws for v in per_example]
+            count += len(x)
+        totals = self.sess.run(self.sums_out, {self.sums_in: np.append(sums, count).astype(np.float32)})
+        return totals[:4], int(round(totals[4]))
+
+    def sample(self, y, temperatures):
+        return self.sess.run(self.samples, {self.y: y, self.temperature: temperatures})
+
+    def encode(self, x, y):
+        """(z [B, D] flattened eps of every level, x decoded back from z)."""
+        return self.sess.run([self.z_flat, self.x_decoded], {self.x: x, self.y: y})
+
+    def weights_finite(self):
+        return bool(self.sess.run(self.all_finite))
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def save(self, logdir, step, best=False):
+        """Write a checkpoint under logdir/checkpoints (or logdir/best).
+
+        A new file set per step, and the folder's `checkpoint` index updated
+        only after it is complete (TF writes it atomically): a crash mid-save
+        leaves the previous checkpoint in force. Weights that are not finite
+        are never written: returns None then."""
+        if not self.weights_finite():
+            return None
+        folder = os.path.join(logdir, "best" if best else "checkpoints")
+        saver = self.best_saver if best else self.saver
+        return saver.save(self.sess, os.path.join(folder, "model.ckpt"), global_step=step,
+                          write_meta_graph=False)
+
+
+def resolve_checkpoint(path):
+    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+    if os.path.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            for sub in ("checkpoints", "best"):
+                if os.path.isdir(os.path.join(path, sub)):
+                    prefix = tf.train.latest_checkpoint(os.path.join(path, sub))
+                    if prefix:
+                        break
+        if prefix is None:
+            raise ValueError("--restore_path %s: no checkpoint in this folder (nor in its checkpoints/ or best/)"
+                             % path)
+        return prefix
+    if not tf.train.checkpoint_exists(path):
+        raise ValueError("--restore_path %s: no such checkpoint (expected a folder or a prefix like "
+                         "logs/checkpoints/model.ckpt-1000 with its .index file)" % path)
+    return path
