@@ -91,6 +91,7 @@ def build_parser():
     a("--backend", default="auto", choices=["auto", "none", "horovod", "hccl"], help="how ranks talk")
     a("--precision_mode", default="allow_fp32_to_fp16", help="Ascend precision mode (--device npu)")
     a("--xla", action="store_true", help="XLA JIT (CPU/GPU)")
+    a("--loss_scale", default="1", help="loss scaling for reduced precision: a number (1: off) or 'dynamic'")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --logdir")
     a("--save_every", type=int, default=1, help="epochs between checkpoints")
     a("--max_nonfinite", type=int, default=10,
@@ -157,6 +158,13 @@ def check_args(args):
         bad("--lr_backoff %r: must be in (0, 1]" % args.lr_backoff)
     if args.device == "npu" and args.xla:
         bad("--xla with --device npu: the NPU compiles graphs itself; drop --xla")
+    if args.loss_scale != "dynamic":
+        try:
+            scale = float(args.loss_scale)
+        except ValueError:
+            scale = float("nan")
+        if not scale >= 1 or not math.isfinite(scale):
+            bad("--loss_scale %r: must be a number >= 1 or 'dynamic'" % args.loss_scale)
     if args.sample < 0 or args.max_steps < 0:
         bad("--sample and --max_steps must be >= 0")
 
@@ -190,8 +198,16 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
     if train_its < 1:
         raise ValueError("%d training images over %d ranks give %d per rank, fewer than one batch of %d"
                          % (n_train, n_ranks, per_rank, local_batch_train))
+    if train_its * args.polyak_epochs <= 1:
+        raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
+                         "more than one step to average over; use more data or a larger --polyak_epochs"
+                         % (train_its, args.polyak_epochs))
     cfg = dict(vars(args))
     cfg.pop("unknown_args", None)
+    # Plain 1x1 convs need float64 determinants and inverses, which the NPU's
+    # compute cores do not run: on the NPU the LU form is used (README).
+    permutation = "invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv") \
+        else args.flow_permutation
     cfg.update(
         image_size=image_size,
         image_shape=list(image_shape),
@@ -199,7 +215,7 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         n_train=n_train,
         n_test=n_test,
         n_ranks=n_ranks,
-        permutation="invconv_lu" if args.lu else args.flow_permutation,
+        permutation=permutation,
         coupling=args.flow_coupling,
         local_batch_train=local_batch_train,
         local_batch_test=scaled(args.n_batch_test, "n_batch_test"),
@@ -211,6 +227,33 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         images_per_step=local_batch_train * n_ranks,
     )
     return types.SimpleNamespace(**cfg)
+
+
+class LossScale(object):
+    """--loss_scale: fixed, or dynamic (start at 2**15, halve on a non-finite
+    step, double after 2000 finite ones), as mixed-precision training does."""
+
+    def __init__(self, setting, period=2000):
+        self.dynamic = setting == "dynamic"
+        self.value = 2.0 ** 15 if self.dynamic else float(setting)
+        self.period = period
+        self._good = 0
+
+    def update(self, applied):
+        """After a step. Returns True when a skipped step is explained by the
+        scale (it was lowered), so it should not count as a failure."""
+        if not self.dynamic:
+            return False
+        if applied:
+            self._good += 1
+            if self._good % self.period == 0:
+                self.value *= 2.0
+            return False
+        self._good = 0
+        if self.value > 1.0:
+            self.value /= 2.0
+            return True
+        return False
 
 
 def lr_at(cfg, n_processed):

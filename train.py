@@ -79,7 +79,7 @@ def train_one_epoch(run, epoch, state, skip=0):
             continue
         lr = config.lr_at(cfg, state["n_processed"])
         try:
-            applied, stats = tr.train_step(x, y, lr)
+            applied, stats = tr.train_step(x, y, lr, state["loss_scale"].value)
             failure = None if applied else "non-finite loss or gradient"
         except tf.errors.InvalidArgumentError as e:
             # e.g. "Input is not invertible" from a 1x1 conv gone singular:
@@ -89,7 +89,9 @@ def train_one_epoch(run, epoch, state, skip=0):
         state["n_processed"] += cfg.images_per_step
         state["step"] += 1
         n_steps += 1
-        if applied:
+        if state["loss_scale"].update(applied):
+            run.event(event="loss_scale_lowered", step=state["step"], loss_scale=state["loss_scale"].value)
+        elif applied:
             consecutive_bad = 0
             results.append(stats)
         else:
@@ -146,9 +148,7 @@ def draw_samples(run, epoch):
     folder = os.path.join(run.logdir, "samples")
     os.makedirs(folder, exist_ok=True)
     for t in config.TEMPERATURES:
-        images = np.concatenate([run.trainer.sample(y[i:i + cfg.local_batch_train],
-                                                    np.full(len(y[i:i + cfg.local_batch_train]), t, np.float32))
-                                 for i in range(0, len(y), cfg.local_batch_train)])
+        images = run.trainer.sample(y, np.full(len(y), t, np.float32))
         utils.save_image_grid(images, os.path.join(folder, "epoch_%04d_t%.2f.png" % (epoch, t)), n_cols=rows)
 
 
@@ -230,10 +230,7 @@ def run_sample(run):
     cfg = run.cfg
     n = cfg.sample
     y = np.arange(n, dtype=np.int32) % cfg.n_y
-    images = np.concatenate([run.trainer.sample(y[i:i + cfg.local_batch_train],
-                                                np.full(len(y[i:i + cfg.local_batch_train]), cfg.temperature,
-                                                        np.float32))
-                             for i in range(0, n, cfg.local_batch_train)])
+    images = run.trainer.sample(y, np.full(n, cfg.temperature, np.float32))
     path = os.path.join(run.logdir, "samples_t%.2f.png" % cfg.temperature)
     if run.chief:
         utils.save_image_grid(images, path)
@@ -267,7 +264,8 @@ def prepare_logdir(path):
 def start(run, args):
     """Initialise or restore the weights. Returns the run state."""
     tr, cfg = run.trainer, run.cfg
-    state = {"epoch": 0, "n_processed": 0, "step": 0, "lr_scale": 1.0, "best_test": float("inf")}
+    state = {"epoch": 0, "n_processed": 0, "step": 0, "lr_scale": 1.0, "best_test": float("inf"),
+             "loss_scale": config.LossScale(cfg.loss_scale)}
     needs_checkpoint = args.inference or args.evaluate or args.sample
     if args.resume or (needs_checkpoint and not args.restore_path):
         folder = os.path.join(run.logdir, "checkpoints")
@@ -279,7 +277,8 @@ def start(run, args):
         state.update(tr.state())
         state["step"] = int(prefix.rsplit("-", 1)[1])
         run.say("restored %s (epoch %d, step %d)" % (prefix, state["epoch"], state["step"]))
-        run.event(event="resumed" if args.resume else "restored", checkpoint=prefix, **state)
+        run.event(event="resumed" if args.resume else "restored", checkpoint=prefix,
+                  **{k: v for k, v in state.items() if k != "loss_scale"})
     elif args.restore_path:
         prefix = tr.restore(args.restore_path)
         tr.set_state(epoch=0, n_processed=0, lr_scale=1.0, best_test=float("inf"))
@@ -337,6 +336,8 @@ def main(argv=None):
             run.say("\ninterrupted: saving a checkpoint at step %d; continue with --resume" % state["step"])
             save(run, state)
             return 130
+        if run.chief and cfg.train_url:
+            modelarts.sync_out(run.logdir, cfg.train_url)
         run.say("finished: logs and checkpoints in %s" % run.logdir)
         return 0
     finally:
@@ -345,12 +346,13 @@ def main(argv=None):
         backend.close()
 
 
-def cli():
-    """Entry point: user mistakes (bad flags, missing data) end with one clear
-    line and exit status 2, not a traceback."""
+def cli(argv=None):
+    """Entry point: user mistakes and missing pieces (bad flags, missing data,
+    npu_bridge or Horovod not installed) end with one clear line and exit
+    status 2, not a traceback."""
     try:
-        return main()
-    except (ValueError, data_loaders.DataError) as e:
+        return main(argv)
+    except (ValueError, RuntimeError) as e:
         if os.environ.get("GLOW_TRACEBACK"):
             raise
         sys.stderr.write("error: %s\n(set GLOW_TRACEBACK=1 for the traceback)\n" % e)

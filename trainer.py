@@ -37,18 +37,34 @@ class Trainer(object):
 
     # -- graph ---------------------------------------------------------------
 
+    def _inputs(self, name, batch):
+        """uint8 images and int32 labels. On the NPU every graph gets a static
+        batch size (the Ascend compiler wants static shapes; shorter batches
+        are padded, see _padded); elsewhere the batch dimension is free."""
+        h, w, c = self.cfg.image_shape
+        n = batch if self.static_shapes else None
+        return (tf.placeholder(tf.uint8, [n, h, w, c], name="x_" + name),
+                tf.placeholder(tf.int32, [n], name="y_" + name))
+
     def _build(self):
         cfg, glow = self.cfg, self.glow
-        h, w, c = cfg.image_shape
-        self.x = tf.placeholder(tf.uint8, [None, h, w, c], name="x")
-        self.y = tf.placeholder(tf.int32, [None], name="y")
+        self.static_shapes = cfg.device == "npu"
+        self.x_init, self.y_init = self._inputs("init", cfg.local_batch_init)
+        self.x, self.y = self._inputs("train", cfg.local_batch_train)
+        self.x_test, self.y_test = self._inputs("test", cfg.local_batch_test)
+        self.y_sample = self._inputs("sample", cfg.local_batch_train)[1]
         self.lr = tf.placeholder(tf.float32, [], name="lr")
+        # Loss scaling for reduced precision (NPU mixed precision): the loss is
+        # multiplied before backprop and the gradients divided after, so small
+        # gradients survive float16. 1 (the default) changes nothing.
+        self.loss_scale = tf.placeholder_with_default(tf.constant(1.0), [], name="loss_scale")
 
-        self.init_loss = glow.init_op(self.x, self.y)
+        self.init_loss = glow.init_op(self.x_init, self.y_init)
         stats = glow.losses(self.x, self.y)
         loss = tf.reduce_mean(stats["loss"])
         params = tf.trainable_variables()
-        grads = memory_saving_gradients.gradients(loss, params, mode=cfg.gradient_checkpointing)
+        grads = memory_saving_gradients.gradients(loss * self.loss_scale, params, mode=cfg.gradient_checkpointing)
+        grads = [None if g is None else g / self.loss_scale for g in grads]
         grads = self.backend.allreduce_mean(grads)
 
         with tf.variable_scope("run"):
@@ -64,20 +80,20 @@ class Trainer(object):
         self.train_stats = self._mean_stats(stats)
         ema = self.opt.ema.ema_getter
 
-        eval_stats = glow.losses(self.x, self.y, custom_getter=ema)
+        eval_stats = glow.losses(self.x_test, self.y_test, custom_getter=ema)
         self.eval_per_example = [eval_stats["loss"], eval_stats["bits_x"], eval_stats["bits_y"],
                                  eval_stats["pred_error"]]
 
         self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
-        self.samples = glow.sample(self.y, self.temperature, custom_getter=ema)
+        self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
 
         # Encoding at the centre of each bin: deterministic, and decoding it
         # must give back the same integers.
-        x_centre = glow.preprocess(self.x) + 0.5 / glow.n_bins
-        enc = glow.encode(x_centre, self.y, custom_getter=ema)
-        n = tf.shape(self.x)[0]
+        x_centre = glow.preprocess(self.x_test) + 0.5 / glow.n_bins
+        enc = glow.encode(x_centre, self.y_test, custom_getter=ema)
+        n = tf.shape(self.x_test)[0]
         self.z_flat = tf.concat([tf.reshape(e, [n, -1]) for e in enc.eps], axis=1)
-        self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y, custom_getter=ema))
+        self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y_test, custom_getter=ema))
 
         self.sums_in = tf.placeholder(tf.float32, [None], name="sums")
         self.sums_out = self.backend.allreduce_mean(self.sums_in) * float(self.backend.size())
@@ -102,7 +118,7 @@ class Trainer(object):
         from rank 0's init statistics), then the Polyak average seeded from
         them."""
         self.sess.run(self.global_init)
-        self.sess.run(self.init_loss, {self.x: x_init, self.y: y_init})
+        self.sess.run(self.init_loss, {self.x_init: x_init, self.y_init: y_init})
         self.sess.run(self.broadcast)
         self.sess.run(self.opt.ema.seed_op)
 
@@ -127,10 +143,10 @@ class Trainer(object):
 
     # -- steps -------------------------------------------------------------------
 
-    def train_step(self, x, y, lr):
+    def train_step(self, x, y, lr, loss_scale=1.0):
         """One step. Returns (applied, stats [loss, bits_x, bits_y, pred_error])."""
         _, applied, stats = self.sess.run([self.opt.train_op, self.opt.grads_finite, self.train_stats],
-                                          {self.x: x, self.y: y, self.lr: lr})
+                                          {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale})
         return bool(applied), stats
 
     def n_skipped(self):
@@ -143,19 +159,41 @@ class Trainer(object):
         sums = np.zeros(4)
         count = 0
         for x, y in batches:
+            feed = self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test)
             for _ in range(n_draws):
-                per_example = self.sess.run(self.eval_per_example, {self.x: x, self.y: y})
-                sums += [np.sum(v) / n_draws for v in per_example]
+                per_example = self.sess.run(self.eval_per_example, feed)
+                sums += [np.sum(v[:len(x)]) / n_draws for v in per_example]
             count += len(x)
         totals = self.sess.run(self.sums_out, {self.sums_in: np.append(sums, count).astype(np.float32)})
         return totals[:4], int(round(totals[4]))
 
     def sample(self, y, temperatures):
-        return self.sess.run(self.samples, {self.y: y, self.temperature: temperatures})
+        """Images for labels y [B] at per-image temperatures [B]; any B."""
+        n = self.cfg.local_batch_train
+        out = [self.sess.run(self.samples, self._padded({self.y_sample: y[i:i + n],
+                                                          self.temperature: temperatures[i:i + n]}, n))
+               for i in range(0, len(y), n)]
+        return np.concatenate(out)[:len(y)]
 
     def encode(self, x, y):
         """(z [B, D] flattened eps of every level, x decoded back from z)."""
-        return self.sess.run([self.z_flat, self.x_decoded], {self.x: x, self.y: y})
+        z, x_back = self.sess.run([self.z_flat, self.x_decoded],
+                                  self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test))
+        return z[:len(x)], x_back[:len(x)]
+
+    def _padded(self, feed, batch):
+        """With static shapes, pad every array of a short batch to `batch` by
+        repeating its last entry; callers keep only the first len() results."""
+        if not self.static_shapes:
+            return feed
+        out = {}
+        for key, value in feed.items():
+            value = np.asarray(value)
+            if len(value) > batch:
+                raise ValueError("batch of %d for a graph of static batch %d" % (len(value), batch))
+            pad = np.repeat(value[-1:], batch - len(value), axis=0)
+            out[key] = np.concatenate([value, pad]) if len(pad) else value
+        return out
 
     def weights_finite(self):
         return bool(self.sess.run(self.all_finite))

@@ -75,11 +75,11 @@ def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     real_step = train.trainer_lib.Trainer.train_step
     calls = {"n": 0}
 
-    def flaky_step(self, x, y, lr):
+    def flaky_step(self, x, y, lr, loss_scale=1.0):
         calls["n"] += 1
         if 5 <= calls["n"] <= 16:
             return False, None
-        return real_step(self, x, y, lr)
+        return real_step(self, x, y, lr, loss_scale)
 
     monkeypatch.setattr(train.trainer_lib.Trainer, "train_step", flaky_step)
     status, logdir = _run(tmp_path, "--epochs", "3", "--max_nonfinite", "5")
