@@ -41,11 +41,13 @@ class Run(object):
         self.backend = backend
         self.chief = backend.is_chief()
         self.logdir = cfg.logdir
-        self.train_log = self.test_log = self.event_log = None
+        self.train_log = self.test_log = self.event_log = self.tensorboard = None
         if self.chief:
             self.train_log = utils.ResultLogger(os.path.join(self.logdir, "train.txt"), vars(cfg))
             self.test_log = utils.ResultLogger(os.path.join(self.logdir, "test.txt"), vars(cfg))
             self.event_log = utils.ResultLogger(os.path.join(self.logdir, "events.txt"), vars(cfg))
+            if cfg.tensorboard:
+                self.tensorboard = tf.summary.FileWriter(os.path.join(self.logdir, "tensorboard"))
 
     def say(self, *parts):
         if self.chief:
@@ -57,8 +59,16 @@ class Run(object):
         if self.chief:
             self.event_log.log(**fields)
 
+    def scalars(self, prefix, step, values):
+        """TensorBoard scalars (with --tensorboard), e.g. train/bits_x."""
+        if self.tensorboard is not None:
+            self.tensorboard.add_summary(tf.Summary(value=[
+                tf.Summary.Value(tag="%s/%s" % (prefix, k), simple_value=float(v)) for k, v in values.items()]),
+                step)
+            self.tensorboard.flush()
+
     def close(self):
-        for log in (self.train_log, self.test_log, self.event_log):
+        for log in (self.train_log, self.test_log, self.event_log, self.tensorboard):
             if log is not None:
                 log.close()
 
@@ -153,12 +163,13 @@ def draw_samples(run, epoch):
 
 
 def save(run, state, best=False):
-    """Checkpoint on the chief, with the run state; copied to --train_url on ModelArts."""
-    if not run.chief:
-        return
+    """Checkpoint on the chief, with the run state; copied to --train_url on ModelArts.
+    Every rank records the run state in its variables, so that all ranks stay equal."""
     tr = run.trainer
     tr.set_state(epoch=state["epoch"], n_processed=state["n_processed"], lr_scale=state["lr_scale"],
                  best_test=state["best_test"])
+    if not run.chief:
+        return
     path = tr.save(run.logdir, state["step"], best=best)
     if path is None:
         run.event(event="save_refused", reason="non-finite weights", step=state["step"])
@@ -183,12 +194,14 @@ def train(run, state):
             run.train_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], ips=ips,
                               lr=config.lr_at(cfg, state["n_processed"]) * state["lr_scale"],
                               n_skipped=run.trainer.n_skipped(), **stats)
+            run.scalars("train", state["step"], dict(stats, images_per_s=ips))
         test = None
         stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
         if config.is_eval_epoch(cfg, epoch) or stop:
             test, _ = evaluate(run)
             if run.chief:
                 run.test_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], **test)
+                run.scalars("test", state["step"], test)
             if test["loss"] < state["best_test"]:
                 state["best_test"] = test["loss"]
                 save(run, state, best=True)

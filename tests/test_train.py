@@ -124,8 +124,9 @@ def _open_run(args):
 
 
 def test_modes_inference_evaluate_sample(tmp_path):
-    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "10")
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "10", "--tensorboard")
     assert status == 0
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(logdir, "tensorboard")))
     assert _run(tmp_path, "--inference")[0] == 0
     z = np.load(os.path.join(logdir, "z.npy"))
     x = np.load(os.path.join(logdir, "x.npy"))
