@@ -1,0 +1,93 @@
+"""config.py: openai/glow's README commands parse as written, words and
+codes are both accepted, and impossible combinations are clear errors."""
+import shlex
+
+import pytest
+
+import config
+
+PAPER_COMMANDS = [
+    "--depth 1",
+    "--problem cifar10 --image_size 32 --n_level 3 --depth 32 --flow_permutation 0 --flow_coupling 0 "
+    "--seed 0 --learntop --lr 0.001",
+    "--problem cifar10 --image_size 32 --n_level 3 --depth 32 --flow_permutation 2 --flow_coupling 1 "
+    "--seed 0 --learntop --lr 0.001 --n_bits_x 8",
+    "--problem imagenet-oord --image_size 64 --n_level 4 --depth 48 --flow_permutation 2 --flow_coupling 1 "
+    "--seed 0 --learntop --lr 0.001 --n_bits_x 8",
+    "--problem lsun_realnvp --category bedroom --image_size 64 --n_level 3 --depth 48 --flow_permutation 2 "
+    "--flow_coupling 1 --seed 0 --learntop --lr 0.001 --n_bits_x 8",
+    "--problem celeba --image_size 256 --n_level 6 --depth 32 --flow_permutation 2 --flow_coupling 0 --seed 0 "
+    "--learntop --lr 0.001 --n_bits_x 5",
+    "--problem cifar10 --image_size 32 --n_level 3 --depth 32 --flow_permutation 2 --flow_coupling 0 --seed 0 "
+    "--learntop --lr 0.001 --n_bits_x 5 --ycond --weight_y=0.01",
+]
+
+
+@pytest.mark.parametrize("command", PAPER_COMMANDS)
+def test_paper_commands_parse_and_check(command):
+    args = config.parse_args(shlex.split(command))
+    config.check_args(args)
+    assert args.unknown_args == []
+
+
+def test_defaults_are_openai_glows():
+    a = config.parse_args([])
+    assert (a.problem, a.n_batch_train, a.n_batch_init, a.optimizer, a.lr, a.beta1, a.polyak_epochs,
+            a.weight_decay, a.epochs_warmup, a.epochs_full_valid, a.width, a.depth, a.n_levels, a.n_bits_x,
+            a.flow_permutation, a.flow_coupling, a.gradient_checkpointing, a.anchor_size, a.dal) == (
+        "cifar10", 64, 256, "adamax", 0.001, 0.9, 1, 1.0, 10, 50, 512, 32, 3, 8, "invconv", "additive",
+        "recompute", 32, 1)
+
+
+def test_words_and_codes():
+    a = config.parse_args(["--flow_permutation", "invconv_lu", "--flow_coupling", "1"])
+    assert (a.flow_permutation, a.flow_coupling) == ("invconv_lu", "affine")
+    cfg = config.derive_config(config.parse_args(["--lu"]), (32, 32, 3), 10, 50000, 10000, 1)
+    assert cfg.permutation == "invconv_lu"
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 48, 100])
+def test_any_batch_size_works(batch):
+    """openai/glow raised KeyError for batch sizes outside its table."""
+    cfg = config.derive_config(config.parse_args(["--n_batch_train", str(batch)]), (32, 32, 3), 10, 50000,
+                               10000, 2)
+    assert cfg.local_batch_train == batch and cfg.train_its == 25000 // batch
+    assert 0 < cfg.beta2 < 1
+
+
+def test_batch_scaling_by_anchor_size():
+    cfg = config.derive_config(config.parse_args(["--problem", "imagenet-oord", "--n_levels", "4"]),
+                               (64, 64, 3), 1000, 1281152, 50000, 8)
+    assert (cfg.local_batch_train, cfg.local_batch_init) == (16, 64)
+
+
+@pytest.mark.parametrize("flags,shape,message", [
+    (["--n_batch_train", "2"], (256, 256, 3), "less than one 256x256 image"),
+    (["--n_levels", "6"], (32, 32, 1), "image size 32 with --n_levels 6"),
+    (["--ycond"], (32, 32, 1), "--ycond on --problem cifar10: it has no class labels"),
+    (["--beta1", "1.0"], (32, 32, 1), "--beta1 1.0"),
+    (["--weight_decay", "0"], (32, 32, 1), "--weight_decay 0"),
+    (["--sample", "4", "--inference"], (32, 32, 1), "pick one mode"),
+])
+def test_impossible_configs_name_the_value(flags, shape, message):
+    n_y = 1 if "--ycond" in flags else 10
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        config.derive_config(config.parse_args(flags), shape, n_y, 50000, 10000, 1)
+
+
+def test_unknown_flags_rejected_except_on_modelarts(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_args(["--no_such_flag", "1"])
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+    a = config.parse_args(["--data_url", "obs://b/d", "--init_method", "tcp://x"])
+    assert a.unknown_args == ["--init_method", "tcp://x"]
+
+
+def test_warmup_and_schedules():
+    cfg = config.derive_config(config.parse_args(["--epochs", "120"]), (32, 32, 3), 10, 50000, 10000, 1)
+    assert config.lr_at(cfg, 0) == 0.0
+    assert config.lr_at(cfg, 250000) == pytest.approx(0.0005)
+    assert config.lr_at(cfg, 10 ** 7) == 0.001
+    assert [e for e in range(1, 121) if config.is_eval_epoch(cfg, e)] == \
+        list(range(1, 10)) + [10, 20, 30, 40, 50, 100, 120]
+    assert [e for e in range(1, 121) if config.is_sample_epoch(cfg, e)] == [1, 10, 50, 100, 120]
