@@ -1,0 +1,127 @@
+"""train.py's main() with test instrumentation, for tests/test_horovod.py.
+
+    python tests/horovod_worker.py --out DIR [--centre_noise] [--union_of N]
+        [--nonchief_logdir DIR] -- <train.py flags>
+
+Run alone, or once per rank under `horovodrun`. Nothing here changes what
+train.py computes except the two options that make a 1-rank run comparable
+with an N-rank one:
+
+--out DIR           after main() returns, write DIR/rank<R>.npz: every
+                    global variable (weights, Polyak averages, optimizer
+                    slots, run state; key "var/<name>") and `steps`, the per-step
+                    [loss, bits_x, bits_y, pred_error] that train_step
+                    returned on this rank (the mean over all ranks).
+--centre_noise      dequantisation noise replaced by its mean, half a bin.
+                    The noise is the one random draw inside the training
+                    graph, seeded per rank (Backend.rank_seed): a 1-rank run
+                    cannot draw the numbers that N ranks drew, so without
+                    this the trajectories differ by more than float rounding.
+--union_of N        (1 rank) each training batch is the concatenation of the
+                    batches that ranks 0..N-1 of an N-rank run get at that
+                    step from data_loaders: the same examples as the N-rank
+                    step, so the mean loss and gradient are the same numbers.
+--nonchief_logdir   ranks > 0 get this --logdir instead of the one given, so
+                    a test can check that they wrote nothing there.
+"""
+import argparse
+import copy
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+import data_loaders.data  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+import trainer  # noqa: E402
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--centre_noise", action="store_true")
+    p.add_argument("--union_of", type=int, default=0)
+    p.add_argument("--nonchief_logdir", default="")
+    if "--" not in argv:
+        p.error("give train.py's flags after --")
+    split = argv.index("--")
+    return p.parse_args(argv[:split]), argv[split + 1:]
+
+
+def with_logdir(flags, logdir):
+    if "--logdir" not in flags:
+        raise ValueError("--nonchief_logdir needs --logdir in train.py's flags")
+    flags = list(flags)
+    flags[flags.index("--logdir") + 1] = logdir
+    return flags
+
+
+def instrument(opts):
+    """Patch the classes; returns the dict that collects the trainer and steps."""
+    seen = {"trainer": None, "steps": []}
+    init, step = trainer.Trainer.__init__, trainer.Trainer.train_step
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen["trainer"] = self
+
+    def recording_step(self, *args, **kwargs):
+        applied, stats = step(self, *args, **kwargs)
+        assert applied, "step %d was skipped (non-finite)" % (len(seen["steps"]) + 1)
+        seen["steps"].append(stats)
+        return applied, stats
+
+    trainer.Trainer.__init__ = recording_init
+    trainer.Trainer.train_step = recording_step
+    if opts.centre_noise:
+        model.Glow.dequantize = lambda self, x: x + 0.5 / self.n_bins
+    if opts.union_of:
+        union_batches(opts.union_of)
+    return seen
+
+
+def union_batches(n_ranks):
+    real = data_loaders.data.Data.train_batches
+
+    def train_batches(self, batch_size, epoch):
+        assert self.size == 1 and batch_size % n_ranks == 0, (self.size, batch_size, n_ranks)
+        shards = []
+        for r in range(n_ranks):
+            view = copy.copy(self)
+            view.rank, view.size = r, n_ranks
+            shards.append(real(view, batch_size // n_ranks, epoch))
+        try:
+            for parts in zip(*shards):
+                yield (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+        finally:
+            for shard in shards:
+                shard.close()
+
+    data_loaders.data.Data.train_batches = train_batches
+
+
+def main(argv):
+    opts, flags = parse(argv)
+    rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    if opts.nonchief_logdir and rank > 0:
+        flags = with_logdir(flags, opts.nonchief_logdir)
+    seen = instrument(opts)
+    status = train.main(flags)
+    tr = seen["trainer"]
+    assert tr.backend.rank() == rank, (tr.backend.rank(), rank)
+    variables = tr.graph.get_collection("variables")
+    values = tr.sess.run(variables)
+    arrays = dict(("var/" + v.op.name, a) for v, a in zip(variables, values))
+    arrays["steps"] = np.array(seen["steps"], np.float64)
+    arrays["size"] = np.array(tr.backend.size())
+    os.makedirs(opts.out, exist_ok=True)
+    np.savez(os.path.join(opts.out, "rank%d.npz" % rank), **arrays)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,191 @@
+"""Data-parallel training with Horovod, proven with 2 processes on CPU.
+
+`horovodrun -np 2 -H localhost:2 --gloo python train.py ...` (through
+tests/horovod_worker.py, which records what each rank ends with) trains a
+tiny Glow on real Fashion-MNIST for 2 epochs (32 steps) from a checkpoint:
+
+1. both ranks end with bit-identical variables (weights, Polyak averages,
+   optimizer slots);
+2. 2 ranks x batch 16 follow the loss trajectory of 1 rank x batch 32 fed,
+   at each step, the union of the two ranks' batches (the same examples;
+   see horovod_worker.py for why the union and why the noise is centred),
+   up to float32 rounding, and end with the same weights and test bits/dim;
+3. only rank 0 wrote files: rank 1's --logdir (a folder of its own) stays
+   empty, rank 1 printed nothing, and rank 0's --logdir holds exactly the
+   files of the 1-rank run.
+
+Needs a Python with TensorFlow 1.15 and Horovod built with Gloo:
+`scripts/setup_env.sh tf115-horovod` (scripts/test.sh passes it as
+GLOW_PY_HOROVOD). Without it the tests skip, except under CI=true, where
+they fail.
+"""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "horovod_worker.py")
+FMNIST = "/usr/share/datasets/fashion-mnist"
+TIMEOUT = 600
+
+TINY = ["--problem", "fashion-mnist", "--n_levels", "2", "--depth", "2", "--width", "16",
+        "--flow_coupling", "affine", "--gradient_checkpointing", "0", "--n_train", "512",
+        "--n_test", "128", "--n_batch_init", "64", "--seed", "3", "--lr", "0.002",
+        "--epochs_warmup", "0", "--device", "cpu"]
+N_RANKS, BATCH, EPOCHS = 2, 16, 2
+N_STEPS = EPOCHS * 512 // (N_RANKS * BATCH)
+
+
+def _has_horovod(python):
+    return subprocess.call([python, "-c", "import horovod.tensorflow"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) == 0
+
+
+def _horovod_python():
+    """The interpreter with Horovod: this one, or $GLOW_PY_HOROVOD."""
+    try:
+        import horovod.tensorflow  # noqa: F401
+        return sys.executable
+    except ImportError:
+        pass
+    python = os.environ.get("GLOW_PY_HOROVOD", "")
+    if python and _has_horovod(python):
+        return python
+    why = ("no Horovod: build it with scripts/setup_env.sh tf115-horovod and set GLOW_PY_HOROVOD "
+           "to its bin/python (GLOW_PY_HOROVOD=%r)" % python)
+    if os.environ.get("CI"):
+        pytest.fail(why + "; CI needs it")
+    pytest.skip(why)
+
+
+def _run(cmd, cwd, log):
+    t0 = time.time()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=TIMEOUT)
+    with open(log, "w") as f:
+        f.write("$ %s\n%s" % (" ".join(cmd), proc.stdout))
+    assert proc.returncode == 0, "%s failed (%.0f s):\n%s" % (cmd[0], time.time() - t0, proc.stdout[-4000:])
+    return proc.stdout
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def _records(logdir, name):
+    return [r for r in train.utils.read_jsonl(os.path.join(logdir, name)) if "problem" not in r]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not os.path.isdir(FMNIST):
+        if os.environ.get("CI"):
+            pytest.fail("%s missing: .ci/run installs dataset-fashion-mnist" % FMNIST)
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    python = _horovod_python()
+    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
+    tmp = tmp_path_factory.mktemp("horovod")
+    d = dict((name, str(tmp / name)) for name in ("init", "hvd", "rank1", "ref", "out_hvd", "out_ref"))
+    os.makedirs(d["rank1"])
+    # The shared starting point: a fresh 1-rank init, saved before its first step.
+    _run([python, os.path.join(ROOT, "train.py")] + TINY
+         + ["--logdir", d["init"], "--n_batch_train", "32", "--epochs", "1", "--max_steps", "1"],
+         ROOT, str(tmp / "init.log"))
+    ckpt = os.path.join(d["init"], "checkpoints", "model.ckpt-0")
+    common = TINY + ["--restore_path", ckpt, "--epochs", str(EPOCHS), "--verbose"]
+    hvd_out = _run([horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo",
+                    python, WORKER, "--out", d["out_hvd"], "--centre_noise", "--nonchief_logdir", d["rank1"],
+                    "--"] + common + ["--logdir", d["hvd"], "--n_batch_train", str(BATCH)],
+                   str(tmp), str(tmp / "hvd.log"))
+    _run([python, WORKER, "--out", d["out_ref"], "--centre_noise", "--union_of", str(N_RANKS), "--"]
+         + common + ["--logdir", d["ref"], "--n_batch_train", str(N_RANKS * BATCH), "--backend", "none"],
+         str(tmp), str(tmp / "ref.log"))
+    d["hvd_stdout"] = hvd_out
+    d["ckpt"] = ckpt
+    d["ranks"] = [dict(np.load(os.path.join(d["out_hvd"], "rank%d.npz" % r))) for r in range(N_RANKS)]
+    d["single"] = dict(np.load(os.path.join(d["out_ref"], "rank0.npz")))
+    return d
+
+
+def _variables(dump):
+    return dict((k, v) for k, v in dump.items() if k.startswith("var/"))
+
+
+def test_both_ranks_end_bit_identical(runs):
+    rank0, rank1 = runs["ranks"]
+    assert int(rank0["size"]) == int(rank1["size"]) == N_RANKS
+    v0, v1 = _variables(rank0), _variables(rank1)
+    assert sorted(v0) == sorted(v1) and len(v0) > 20
+    differ = [k for k in v0 if v0[k].dtype != v1[k].dtype or v0[k].tobytes() != v1[k].tobytes()]
+    assert not differ, "variables that differ between the ranks: %s" % differ[:10]
+    # ... and training moved them away from the shared start.
+    start = tf.train.load_checkpoint(runs["ckpt"])
+    moved = [k for k in v0 if "polyak" not in k and "/W" in k
+             and np.max(np.abs(v0[k] - start.get_tensor(k[len("var/"):]))) > 1e-3]
+    assert moved, "no weight changed by training"
+
+
+def test_two_ranks_follow_the_one_rank_trajectory(runs):
+    rank0, rank1 = runs["ranks"]
+    single = runs["single"]
+    steps = rank0["steps"]
+    assert steps.shape == (N_STEPS, 4) and single["steps"].shape == (N_STEPS, 4)
+    np.testing.assert_array_equal(steps, rank1["steps"])  # allreduced: the same on every rank
+    loss = steps[:, 0]
+    assert np.mean(loss[-8:]) < np.mean(loss[:8]) - 0.05, loss  # it trained
+    # Same examples per step; only the summation order differs (two halves
+    # averaged by Horovod vs one batch), so float32 rounding, amplified a
+    # little by 32 optimizer steps.
+    np.testing.assert_allclose(loss, single["steps"][:, 0], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(steps[:, 1], single["steps"][:, 1], rtol=1e-5, atol=0)
+    v0, vs = _variables(rank0), _variables(single)
+    assert sorted(v0) == sorted(vs)
+    for k in v0:
+        np.testing.assert_allclose(v0[k], vs[k], rtol=1e-3, atol=1e-5, err_msg=k)
+    # Per-epoch train means and the test bits/dim, which each rank computes
+    # on its half of the test set and Horovod adds up.
+    for name, keys in (("train.txt", ("loss", "bits_x")), ("test.txt", ("loss", "bits_x"))):
+        hvd, ref = _records(runs["hvd"], name), _records(runs["ref"], name)
+        assert [r["epoch"] for r in hvd] == [r["epoch"] for r in ref] == list(range(1, EPOCHS + 1))
+        for a, b in zip(hvd, ref):
+            for key in keys:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), (name, key, a, b)
+
+
+def test_only_rank0_writes(runs):
+    assert os.listdir(runs["rank1"]) == []
+    written = _files(runs["hvd"])
+    assert written == _files(runs["ref"])
+    assert "train.txt" in written and "checkpoints/checkpoint" in written and any(
+        f.startswith("samples/") for f in written)
+    header = train.utils.read_jsonl(os.path.join(runs["hvd"], "train.txt"))[0]
+    assert header["n_ranks"] == N_RANKS and header["local_batch_train"] == BATCH
+    # horovodrun tags each line with the rank that printed it.
+    lines = runs["hvd_stdout"].splitlines()
+    assert sum(line.startswith("[0]<stdout>:") for line in lines) >= N_STEPS
+    assert [line for line in lines if line.startswith("[1]<stdout>")] == []
+
+
+@pytest.mark.parametrize("flags,env,message", [
+    (["--backend", "horovod"], {}, "backend 'horovod' needs horovod"),
+    (["--backend", "auto"], {"HOROVOD_RANK": "0"}, "started by horovodrun (HOROVOD_RANK=0)"),
+])
+def test_missing_horovod_is_a_clear_error(tmp_path, monkeypatch, flags, env, message):
+    """Where horovod is not importable (simulated), asking for it, or being
+    launched by horovodrun, fails before any work instead of training alone."""
+    for name in ("horovod", "horovod.tensorflow"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import horovod.tensorflow` raises ImportError
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match="pip install horovod") as err:
+        train.main(TINY + ["--logdir", str(tmp_path / "logs")] + flags)
+    assert message in str(err.value)
+    assert not os.path.exists(tmp_path / "logs")
