@@ -99,12 +99,15 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="PNG path (default: LOGDIR/bits_per_dim.png)")
     p.add_argument("--x", default="epoch", choices=["epoch", "n_processed", "step"])
     p.add_argument("--title", default=None)
+    p.add_argument("--curves", default="train,test", help="which logs to plot, comma-separated")
+    p.add_argument("--max_bits", type=float, default=None,
+                   help="leave out points above this (a test set with one extreme image)")
     args = p.parse_args(argv)
     curves = {}
-    for name in ("train", "test"):
+    for name in args.curves.split(","):
         path = os.path.join(args.logdir, name + ".txt")
         if os.path.exists(path):
-            curves[name] = read_curve(path, args.x)
+            curves[name] = [p for p in read_curve(path, args.x) if args.max_bits is None or p[1] <= args.max_bits]
     out = args.out or os.path.join(args.logdir, "bits_per_dim.png")
     plot(curves, out, args.x, args.title or "bits/dim, %s" % os.path.basename(os.path.abspath(args.logdir)))
     print("wrote %s" % out)
