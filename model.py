@@ -13,10 +13,12 @@ evaluation graph read other values for the same variables (the Polyak
 averages), without swapping weights in and out.
 """
 import collections
+import functools
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import memory_saving_gradients
 import tfops
 
 Encoding = collections.namedtuple("Encoding", ["z", "logdet", "objective", "eps", "zs"])
@@ -111,23 +113,28 @@ class Glow(object):
                 z, logdet = op(z, logdet, reverse)
         return z, logdet
 
-    def _level(self, level, z, logdet, reverse):
+    def _level(self, level, z, logdet, reverse, checkpointing="none"):
+        """`depth` flow steps; forward, their gradient is that of the
+        `checkpointing` mode (memory_saving_gradients.MODES)."""
         with tf.variable_scope(str(level)):
-            steps = range(self.depth)
-            for i in (reversed(steps) if reverse else steps):
-                z, logdet = self._flow_step(str(i), z, logdet, reverse)
+            steps = [functools.partial(self._flow_step, str(i)) for i in range(self.depth)]
+            if not reverse:
+                return memory_saving_gradients.flow(steps, z, logdet, mode=checkpointing)
+            for step in reversed(steps):
+                z, logdet = step(z, logdet, True)
         return z, logdet
 
-    def encode(self, x, y=None, custom_getter=None):
+    def encode(self, x, y=None, custom_getter=None, checkpointing="none"):
         """x: preprocessed (and dequantised) data [B,H,W,C], y: labels [B]
-        (used with ycond) -> Encoding."""
+        (used with ycond) -> Encoding. checkpointing: how the flow's gradient
+        saves memory, one of memory_saving_gradients.MODES (training only)."""
         with self.scope(custom_getter):
             logdet = tf.zeros([tf.shape(x)[0]], self.dtype)
             objective = tf.zeros([tf.shape(x)[0]], self.dtype)
             z = tfops.squeeze2d(x)  # [B, H/2, W/2, 4C]
             eps, zs = [], []
             for level in range(self.n_levels):
-                z, logdet = self._level(level, z, logdet, reverse=False)
+                z, logdet = self._level(level, z, logdet, reverse=False, checkpointing=checkpointing)
                 if level < self.n_levels - 1:
                     zs.append(z[:, :, :, int(z.get_shape()[3]) // 2:])
                     z, objective, e = tfops.split2d("pool%d" % level, z, objective)  # [B, h/2, w/2, 2c]
@@ -177,7 +184,7 @@ class Glow(object):
 
     # -- objectives ------------------------------------------------------------
 
-    def losses(self, x_uint8, y, dequantize=True, custom_getter=None):
+    def losses(self, x_uint8, y, dequantize=True, custom_getter=None, checkpointing="none"):
         """The training/evaluation objective on a batch of uint8 images.
 
         Returns a dict of per-example tensors [B]: objective (log p(x) of the
@@ -185,11 +192,12 @@ class Glow(object):
         metric: -objective / (ln 2 * H*W*C)), bits_y (class loss in bits,
         zero without ycond and weight_y), loss (bits_x + weight_y * bits_y),
         pred_error (1 for a wrong class prediction; 1 without a classifier,
-        as openai/glow)."""
+        as openai/glow). checkpointing: see `encode`; take the gradients
+        with memory_saving_gradients.gradients(..., mode=checkpointing)."""
         x = self.preprocess(x_uint8)
         if dequantize:
             x = self.dequantize(x)
-        enc = self.encode(x, y, custom_getter)
+        enc = self.encode(x, y, custom_getter, checkpointing)
         # Discretisation: a density on bins of width 1/n_bins in each of D dims.
         objective = enc.objective - np.log(self.n_bins) * self.n_dims
         bits_x = -objective / (np.log(2.0) * self.n_dims)

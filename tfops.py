@@ -154,6 +154,21 @@ def actnorm_layer(name, x):
     return (x + bias) * tf.exp(logs)
 
 
+def actnorm_variables(name, n_c, dtype, logscale_factor=LOGSCALE_FACTOR):
+    """The (bias [C], logs [C]) of `actnorm_params` once initialised: the same
+    variables, without the batch statistics that only init needs."""
+    with tf.variable_scope(name):
+        bias = get_variable_ddi("b", [n_c], None, dtype, init=False)
+        logs = get_variable_ddi("logs", [n_c], None, dtype, init=False) * logscale_factor
+    return bias, logs
+
+
+def in_ddi_init():
+    """True inside `arg_scope([get_variable_ddi], init=True)`: the graph being
+    built is the data-dependent init pass."""
+    return bool(_current_arg_scope().get(get_variable_ddi, {}).get("init", False))
+
+
 # ---------------------------------------------------------------------------
 # Permutations (paper 3.2 and its ablation, section 5.1)
 # ---------------------------------------------------------------------------
@@ -208,9 +223,13 @@ def log_abs_det(w):
 
 
 def _conv1x1(z, w):
-    """z [B,H,W,C] times w [C,C] on every pixel: out[c'] = sum_c z[c] w[c,c']."""
-    n_c = int(w.get_shape()[0])
-    return tf.nn.conv2d(z, tf.reshape(w, [1, 1, n_c, n_c]), [1, 1, 1, 1], "SAME")
+    """z [B,H,W,C] times w [C,C] on every pixel: out[c'] = sum_c z[c] w[c,c'].
+
+    One matmul over all B*H*W pixels: for these few channels a GEMM and its
+    two gradient GEMMs run faster than a 1x1 Conv2D's filter gradient."""
+    h, w_, n_c = int_shape(z)[1:]
+    out = tf.matmul(tf.reshape(z, [-1, n_c]), w)  # [B*H*W, C]
+    return tf.reshape(out, [-1, h, w_, n_c])  # [B, H, W, C]
 
 
 @add_arg_scope
@@ -278,6 +297,19 @@ PERMUTATIONS = {
 # ---------------------------------------------------------------------------
 
 
+def _edge_indicator(filter_size, h, w, dtype):
+    """[1, h + 2a, w + 2b, 1]: 1 on the zero padding of a 'VALID' conv with an
+    odd filter of size (2a+1, 2b+1) over an h x w image, 0 inside."""
+    a = (filter_size[0] - 1) // 2
+    b = (filter_size[1] - 1) // 2
+    pad = np.zeros([1, h + 2 * a, w + 2 * b, 1], dtype=dtype.as_numpy_dtype)
+    pad[:, :a, :, 0] = 1.0
+    pad[:, h + a:, :, 0] = 1.0
+    pad[:, :, :b, 0] = 1.0
+    pad[:, :, w + b:, 0] = 1.0
+    return pad
+
+
 def add_edge_padding(x, filter_size):
     """Zero-pad x for a 'VALID' conv and add a channel that is 1 on the padding.
 
@@ -287,28 +319,40 @@ def add_edge_padding(x, filter_size):
     b = (filter_size[1] - 1) // 2
     if a == 0 and b == 0:
         return x
-    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
     h, w = int_shape(x)[1:3]
-    pad = np.zeros([1, h, w, 1], dtype=x.dtype.as_numpy_dtype)
-    pad[:, :a, :, 0] = 1.0
-    pad[:, h - a:, :, 0] = 1.0
-    pad[:, :, :b, 0] = 1.0
-    pad[:, :, w - b:, 0] = 1.0
-    pad = tf.tile(tf.constant(pad), [tf.shape(x)[0], 1, 1, 1])
+    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
+    pad = tf.tile(tf.constant(_edge_indicator(filter_size, h, w, x.dtype)), [tf.shape(x)[0], 1, 1, 1])
     return tf.concat([x, pad], axis=3)
+
+
+def _check_filter(filter_size):
+    if len(filter_size) != 2 or filter_size[0] % 2 == 0 or filter_size[1] % 2 == 0:
+        raise ValueError("filter_size %r: expected two odd sizes (edge padding is symmetric)" % (filter_size,))
 
 
 @add_arg_scope
 def conv2d(name, x, width, filter_size=(3, 3)):
-    """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05)."""
+    """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05).
+
+    After init the actnorm is folded into the conv: (conv(x, W) + b) * s =
+    conv(x, W * s) + b * s with s = exp(logs) per output channel. One conv
+    with a bias, which Grappler fuses with the ReLU that follows, replaces
+    two elementwise passes over the [B, H, W, width] output forward and four
+    backward. Same variables, same function (to float rounding). Data-
+    dependent init needs the unscaled conv output for its statistics, so it
+    runs unfolded."""
     filter_size = list(filter_size)
+    _check_filter(filter_size)
     with tf.variable_scope(name):
         x = add_edge_padding(x, filter_size)
         n_in = int_shape(x)[3]
         w = tf.get_variable("W", filter_size + [n_in, width], x.dtype,
                             initializer=tf.random_normal_initializer(0.0, 0.05))
-        x = tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID")
-        return actnorm_layer("actnorm", x)
+        if in_ddi_init():
+            return actnorm_layer("actnorm", tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID"))
+        bias, logs = actnorm_variables("actnorm", width, x.dtype)
+        scale = tf.exp(logs)
+        return tf.nn.bias_add(tf.nn.conv2d(x, w * scale, [1, 1, 1, 1], "VALID"), bias * scale)
 
 
 @add_arg_scope
@@ -316,16 +360,31 @@ def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FA
     """Zero-initialised conv with bias and per-channel scale exp(3 * logs).
 
     Zero init makes each coupling start as the identity (paper 3.3), which
-    keeps a deep flow trainable from the first step."""
+    keeps a deep flow trainable from the first step.
+
+    Computed as conv(x, W_x * s, 'SAME') + (conv(edge, W_edge * s) + b * s),
+    s = exp(3 logs): zero padding is what 'SAME' does, and the edge
+    indicator's part is a constant [1, H, W, width] map, so the [B, H, W,
+    n_in] input is never padded, concatenated or rescaled (openai/glow:
+    pad, concat, conv, add, multiply). W keeps openai/glow's shape
+    [kh, kw, n_in + 1, width] (the last input channel is the indicator's)."""
     filter_size = list(filter_size)
+    _check_filter(filter_size)
     with tf.variable_scope(name):
-        x = add_edge_padding(x, filter_size)
-        n_in = int_shape(x)[3]
-        w = tf.get_variable("W", filter_size + [n_in, width], x.dtype, initializer=tf.zeros_initializer())
-        x = tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID")
-        x += tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
+        h, w_, n_in = int_shape(x)[1:]
+        edge = filter_size != [1, 1]
+        w = tf.get_variable("W", filter_size + [n_in + int(edge), width], x.dtype,
+                            initializer=tf.zeros_initializer())
+        b = tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
         logs = tf.get_variable("logs", [width], x.dtype, initializer=tf.zeros_initializer())
-        return x * tf.exp(logs * logscale_factor)
+        scale = tf.exp(logs * logscale_factor)
+        w = w * scale
+        bias = b * scale
+        out = tf.nn.conv2d(x, w[:, :, :n_in], [1, 1, 1, 1], "SAME")
+        if not edge:
+            return tf.nn.bias_add(out, bias)
+        indicator = tf.constant(_edge_indicator(filter_size, h, w_, x.dtype))
+        return out + (tf.nn.conv2d(indicator, w[:, :, n_in:], [1, 1, 1, 1], "VALID") + bias)
 
 
 def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):
@@ -352,10 +411,21 @@ def coupling_nn(name, h, width, n_out):
 
 
 def _halves(z):
+    """First and second half of the channels. (tf.split: its gradient is a
+    concat, where a slice's is a zero-padded copy per half.)"""
     n_c = int_shape(z)[3]
     if n_c % 2:
         raise ValueError("coupling needs an even number of channels, got %d" % n_c)
-    return z[:, :, :, :n_c // 2], z[:, :, :, n_c // 2:]
+    return tf.split(z, 2, axis=3)
+
+
+def _even_odd(h):
+    """(h[..., 0::2], h[..., 1::2]) of h [B, H, W, 2C], openai/glow's channel
+    layout, as one reshape and unstack (their gradient: one stack)."""
+    height, width, n_c = int_shape(h)[1:]
+    pairs = tf.reshape(h, [-1, height, width, n_c // 2, 2])  # [B, H, W, C, 2]
+    even, odd = tf.unstack(pairs, axis=4)
+    return even, odd
 
 
 @add_arg_scope
@@ -377,8 +447,8 @@ def affine_coupling(name, z, logdet, reverse=False, width=512):
     the identity. Shift is added before scaling. logdet += sum(log scale)."""
     z1, z2 = _halves(z)
     h = coupling_nn(name, z1, width, 2 * int_shape(z2)[3])
-    shift = h[:, :, :, 0::2]
-    raw = h[:, :, :, 1::2] + 2.0
+    shift, raw = _even_odd(h)
+    raw += 2.0
     scale = tf.nn.sigmoid(raw)
     # log(sigmoid(a)) = -softplus(-a): exact and finite even where sigmoid underflows.
     dlogdet = tf.reduce_sum(-tf.nn.softplus(-raw), axis=[1, 2, 3])
@@ -462,7 +532,7 @@ def split_prior(name, z1):
     half z1 through a zero-initialised conv (openai/glow's split2d_prior)."""
     n_c = int_shape(z1)[3]
     h = conv2d_zeros(name + "/conv", z1, 2 * n_c)
-    return GaussianDiag(h[:, :, :, 0::2], h[:, :, :, 1::2])
+    return GaussianDiag(*_even_odd(h))
 
 
 def split2d(name, z, objective):

@@ -141,9 +141,9 @@ def recover(run, state):
               lr_scale=state["lr_scale"])
 
 
-def evaluate(run, n_draws=1):
+def evaluate(run, n_draws=1, bits_out=None):
     """Test loss and bits/dim (Polyak weights) over the whole test set, all ranks."""
-    sums, count = run.trainer.eval_sums(run.data.test_batches(run.cfg.local_batch_test), n_draws)
+    sums, count = run.trainer.eval_sums(run.data.test_batches(run.cfg.local_batch_test), n_draws, bits_out)
     return dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), (sums / max(count, 1)).tolist())), count
 
 
@@ -252,11 +252,19 @@ def run_sample(run):
 
 
 def run_evaluate(run):
-    test, count = evaluate(run, run.cfg.n_dequant_draws)
+    """Test bits/dim of a checkpoint. Besides the mean (the paper's metric),
+    the median and worst image of this rank's share: a mean far above the
+    median means a few images the model finds very unlikely."""
+    bits = []
+    test, count = evaluate(run, run.cfg.n_dequant_draws, bits)
     if run.chief:
-        run.test_log.log(mode="evaluate", n_images=count, n_dequant_draws=run.cfg.n_dequant_draws, **test)
-        print("evaluate: test bits/dim %.4f over %d images (%d dequantisation draws)"
-              % (test["bits_x"], count, run.cfg.n_dequant_draws))
+        spread = {"median_bits_x": float(np.median(bits)), "max_bits_x": float(np.max(bits)),
+                  "argmax_bits_x": int(np.argmax(bits))}
+        run.test_log.log(mode="evaluate", n_images=count, n_dequant_draws=run.cfg.n_dequant_draws,
+                         **dict(test, **spread))
+        print("evaluate: test bits/dim %.4f over %d images (%d dequantisation draws); median %.4f, worst %.4f "
+              "(test image %d)" % (test["bits_x"], count, run.cfg.n_dequant_draws, spread["median_bits_x"],
+                                   spread["max_bits_x"], spread["argmax_bits_x"]))
     return 0
 
 

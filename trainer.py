@@ -60,7 +60,7 @@ class Trainer(object):
         self.loss_scale = tf.placeholder_with_default(tf.constant(1.0), [], name="loss_scale")
 
         self.init_loss = glow.init_op(self.x_init, self.y_init)
-        stats = glow.losses(self.x, self.y)
+        stats = glow.losses(self.x, self.y, checkpointing=cfg.gradient_checkpointing)
         loss = tf.reduce_mean(stats["loss"])
         params = tf.trainable_variables()
         grads = memory_saving_gradients.gradients(loss * self.loss_scale, params, mode=cfg.gradient_checkpointing)
@@ -152,18 +152,22 @@ class Trainer(object):
     def n_skipped(self):
         return int(self.sess.run(self.opt.n_skipped))
 
-    def eval_sums(self, batches, n_draws=1):
+    def eval_sums(self, batches, n_draws=1, bits_out=None):
         """Sums over `batches` of the per-example stats with the Polyak
         weights, averaged over n_draws dequantisation draws, added up over
-        ranks. Returns (sums [4], count)."""
+        ranks. Returns (sums [4], count). With a list `bits_out`, this rank's
+        per-example bits/dim are appended to it."""
         sums = np.zeros(4)
         count = 0
         for x, y in batches:
             feed = self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test)
+            per_example = np.zeros((4, len(x)))
             for _ in range(n_draws):
-                per_example = self.sess.run(self.eval_per_example, feed)
-                sums += [np.sum(v[:len(x)]) / n_draws for v in per_example]
+                per_example += np.array(self.sess.run(self.eval_per_example, feed))[:, :len(x)] / n_draws
+            sums += per_example.sum(axis=1)
             count += len(x)
+            if bits_out is not None:
+                bits_out.extend(per_example[1].tolist())
         totals = self.sess.run(self.sums_out, {self.sums_in: np.append(sums, count).astype(np.float32)})
         return totals[:4], int(round(totals[4]))
 

@@ -134,6 +134,7 @@ def test_modes_inference_evaluate_sample(tmp_path):
     assert _run(tmp_path, "--evaluate", "--n_dequant_draws", "2")[0] == 0
     evaluated = _records(logdir, "test.txt")[-1]
     assert evaluated["mode"] == "evaluate" and evaluated["n_images"] == 512
+    assert evaluated["median_bits_x"] <= evaluated["max_bits_x"] and 0 <= evaluated["argmax_bits_x"] < 512
     assert _run(tmp_path, "--sample", "20", "--temperature", "0.5")[0] == 0
     assert os.path.exists(os.path.join(logdir, "samples_t0.50.png"))
 

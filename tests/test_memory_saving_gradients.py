@@ -1,0 +1,170 @@
+"""Gradient checkpointing (memory_saving_gradients.py) on a small Glow: each
+mode's gradients equal the plain ones, the backward pass holds on to nothing
+of the forward pass but its checkpoints, and invertible backprop's rebuilt
+inputs match the forward ones to float rounding."""
+import numpy as np
+import pytest
+import tensorflow.compat.v1 as tf
+
+import memory_saving_gradients as msg
+import model as glow_model
+
+IMAGE = (8, 8, 2)
+BATCH = 4
+CHECKPOINTED = ("recompute", "invertible")
+
+
+def small_glow(permutation="invconv", coupling="affine", dtype=tf.float64, depth=3):
+    return glow_model.Glow(IMAGE, n_levels=2, depth=depth, width=8, permutation=permutation, coupling=coupling,
+                           learntop=True, dtype=dtype)
+
+
+def _images(seed):
+    return np.random.RandomState(seed).randint(0, 256, (BATCH,) + IMAGE).astype(np.uint8)
+
+
+def _build(glow, modes, seed=0):
+    """Init graph, then one loss and its gradients per mode, on one set of
+    weights (as Trainer builds them)."""
+    x = tf.constant(_images(seed))
+    y = tf.zeros([BATCH], tf.int32)
+    init = glow.init_op(x, y)
+    losses, grads = {}, {}
+    for mode in modes:
+        losses[mode] = tf.reduce_mean(glow.losses(x, y, dequantize=False, checkpointing=mode)["loss"])
+        grads[mode] = msg.gradients(losses[mode], tf.trainable_variables(), mode=mode)
+    return init, losses, grads
+
+
+def _run(init, fetches, seed=0, scale=0.05):
+    """Run `fetches` after init, with every trainable variable moved off the
+    init point: the zero-initialised convs (last layer of each coupling, the
+    priors) must not be zero, or their gradients say little. (One run for all
+    variables: flowcheck.randomize_variables loads them one by one, which
+    takes seconds per graph of this size.)"""
+    params = tf.trainable_variables()
+    noise = [tf.placeholder(v.dtype.base_dtype, v.get_shape()) for v in params]
+    move = tf.group(*[v.assign_add(n) for v, n in zip(params, noise)])
+    rng = np.random.RandomState(seed)
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        sess.run(init)
+        sess.run(move, {n: scale * rng.randn(*n.get_shape().as_list()) for n in noise})
+        return sess.run(fetches)
+
+
+COMBOS = [("invconv", "affine"), ("invconv_lu", "additive"), ("shuffle", "affine"), ("reverse", "additive")]
+
+
+@pytest.mark.parametrize("permutation,coupling", COMBOS)
+def test_gradients_equal_plain_float64(permutation, coupling):
+    glow = small_glow(permutation, coupling)
+    with tf.Graph().as_default():
+        tf.set_random_seed(0)
+        init, losses, grads = _build(glow, ("none",) + CHECKPOINTED)
+        names = [v.name for v in tf.trainable_variables()]
+        out = _run(init, {"losses": losses, "grads": grads})
+    assert len(names) > 30
+    for mode in CHECKPOINTED:
+        assert out["losses"][mode] == pytest.approx(out["losses"]["none"], rel=1e-12)
+        assert all(g is not None for g in grads[mode]), mode
+        for name, plain, ours in zip(names, out["grads"]["none"], out["grads"][mode]):
+            assert np.max(np.abs(plain)) > 0, name
+            np.testing.assert_allclose(ours, plain, rtol=1e-9, atol=1e-12 * np.max(np.abs(plain)),
+                                       err_msg="%s %s" % (mode, name))
+
+
+def test_gradients_equal_plain_float32():
+    """The training dtype: the same to float32 rounding (the affine inverse
+    divides by the coupling's scale, which loses a few more bits)."""
+    glow = small_glow(dtype=tf.float32, depth=4)
+    with tf.Graph().as_default():
+        tf.set_random_seed(1)
+        init, losses, grads = _build(glow, ("none",) + CHECKPOINTED, seed=1)
+        errors = {m: msg.reconstruction_error(losses[m]) for m in CHECKPOINTED}
+        out = _run(init, {"grads": grads, "errors": errors}, seed=1)
+    for mode in CHECKPOINTED:
+        for plain, ours in zip(out["grads"]["none"], out["grads"][mode]):
+            np.testing.assert_allclose(ours, plain, rtol=2e-3, atol=2e-4 * np.max(np.abs(plain)) + 1e-12)
+    assert out["errors"]["recompute"] == 0.0
+    # Relative to the inputs' size; float32 rounding amplified by the affine
+    # inverses (TF 1.15: about 2e-4 here, TF 2.x: 1e-6).
+    assert 0.0 < out["errors"]["invertible"] < 1e-3, out["errors"]
+
+
+def test_invertible_reconstruction_error_float64():
+    """Rebuilt inputs equal the forward ones to float64 rounding, on a model
+    whose own decode(encode(x)) is exact. (Invertible backprop is only as good
+    as the inverse: with larger random weights an affine scale can reach
+    1e-9, and then the inverse itself, and so the rebuilt inputs, lose every
+    digit.)"""
+    glow = small_glow(permutation="invconv_lu", coupling="affine", depth=6)
+    with tf.Graph().as_default():
+        tf.set_random_seed(2)
+        init, losses, _ = _build(glow, ("invertible",), seed=2)
+        error = msg.reconstruction_error(losses["invertible"])
+        x = glow.preprocess(tf.constant(_images(2)))
+        round_trip = tf.reduce_max(tf.abs(glow.decode(glow.encode(x).eps) - x))
+        value, round_trip = _run(init, [error, round_trip], seed=2, scale=0.02)
+    assert round_trip < 1e-12
+    assert 0.0 < value < 1e-12, value
+
+
+@pytest.mark.parametrize("mode", CHECKPOINTED)
+def test_backward_pass_keeps_only_the_checkpoints(mode):
+    """What the backward pass reads of a checkpointed flow's forward ops is
+    exactly what the mode keeps: every step's input ('recompute'), or only the
+    level's output ('invertible'). Anything else would stay in memory until the
+    backward pass, as in plain backprop."""
+    glow = small_glow(dtype=tf.float32)
+    with tf.Graph().as_default():
+        _build(glow, (mode,))
+        flows = tf.get_collection(msg._COLLECTION)
+        assert len(flows) == glow.n_levels
+        for record in flows:
+            forward = set(op.name for op in record.forward_ops)
+            read_outside = set()
+            for op in record.forward_ops:
+                for t in op.outputs:
+                    if any(c.name not in forward and c is not record.op for c in t.consumers()):
+                        read_outside.add(t.name)
+            level_output = record.op.inputs[0].name
+            kept = set(t.name for t in record.step_inputs[1:]) if mode == "recompute" else {level_output}
+            assert read_outside == kept, (record.scope_name, sorted(read_outside ^ kept))
+            # Each step is recomputed in the backward pass, after the gradient of its output.
+            assert sorted(record.backward_inputs) == list(range(glow.depth))
+
+
+def test_recomputation_waits_for_the_backward_pass():
+    """The recomputed step's input depends on the gradient of the step's
+    output (a control dependency), so it cannot be scheduled in the forward
+    pass, where it would keep everything alive again."""
+    glow = small_glow(dtype=tf.float32)
+    with tf.Graph().as_default():
+        _build(glow, ("recompute",))
+        for record in tf.get_collection(msg._COLLECTION):
+            for z_in in record.backward_inputs.values():
+                op = z_in.op  # StopGradient <- Identity with the control input
+                while not op.control_inputs:
+                    op = op.inputs[0].op
+                assert any("gradients" in c.name for c in op.control_inputs), op.control_inputs
+
+
+def test_mode_mismatch_is_an_error():
+    glow = small_glow(dtype=tf.float32)
+    with tf.Graph().as_default():
+        x = tf.constant(_images(0))
+        plain = tf.reduce_mean(glow.losses(x, None, dequantize=False)["loss"])
+        wrapped = tf.reduce_mean(glow.losses(x, None, dequantize=False, checkpointing="invertible")["loss"])
+        params = tf.trainable_variables()
+        with pytest.raises(ValueError, match="built with checkpointing 'none'"):
+            msg.gradients(plain, params, mode="recompute")
+        with pytest.raises(ValueError, match="built with checkpointing invertible"):
+            msg.gradients(wrapped, params, mode="none")
+        with pytest.raises(ValueError, match="built with checkpointing invertible"):
+            msg.gradients(wrapped, params, mode="recompute")
+        with pytest.raises(ValueError, match="expected one of none, recompute, invertible"):
+            msg.gradients(plain, params, mode="2")
+        with pytest.raises(ValueError, match="build the gradients"):
+            msg.reconstruction_error(wrapped)
+        assert len(msg.gradients(wrapped, params, mode="invertible")) == len(params)
