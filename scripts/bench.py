@@ -1,0 +1,511 @@
+#!/usr/bin/env python
+"""Speed and memory of Glow training, evaluation and sampling, with figures
+that survive a noisy machine.
+
+    python scripts/bench.py --configs small --modes none,recompute,invertible \\
+        --xla 0,1 --out bench-small.json
+
+Each (config, checkpointing mode, XLA) combination runs in a fresh Python
+process (so peak memory figures do not mix) that builds the real training
+graph (trainer.Trainer, as train.py does: Adamax, Polyak average, finite
+checks, evaluation and sampling graphs on the same weights), feeds one fixed
+batch (synthetic uniform uint8 noise by default, or the first training images
+of --problem), and measures:
+
+  train/eval/sample images/s  after warm-up steps, over --steps timed steps;
+  peak RSS                    ru_maxrss of the process after training
+                              (graph, weights, optimizer slots and the step's
+                              activations; the init batch is the train batch so
+                              it does not set the peak), and after everything;
+  allocator peak              largest `allocator_bytes_in_use` in a traced
+                              step (TF 2.x's oneDNN allocator reports it; TF
+                              1.15's CPU allocator does not: null);
+  FLOPs per image             conv and matmul FLOPs (2 per multiply-add) from
+                              the static shapes of a copy of the graph with a
+                              static batch: `forward` is what the loss needs,
+                              `executed` what the loss and its gradients run
+                              (forward, recomputation, backward); elementwise
+                              ops are not counted;
+  matmul FLOP/s               a float32 2048^3 matmul in the same process,
+                              before and after the training timing;
+  utilisation                 3 x forward FLOPs x train images/s / matmul
+                              FLOP/s (the usual "model FLOPs" convention:
+                              recomputation does not count as useful work);
+  reconstruction error        'invertible' only: max relative error of the
+                              step inputs the backward pass rebuilt
+                              (memory_saving_gradients.reconstruction_error).
+
+Ratios against the plain graph of the same config and XLA setting
+(time per step, peak RSS) are added to the summary. With --profile, a traced
+training step gives the time per op type (top 15).
+
+XLA: on CPU, TensorFlow ignores the session's global_jit_level unless
+TF_XLA_FLAGS contains --tf_xla_cpu_global_jit; the worker sets it for --xla 1
+runs and reports how many XLA clusters the step's graph has.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Named configs. small: the issue's comparison config; cifar: the paper's
+# CIFAR-10 model (openai/glow's README command: 3 levels, depth 32, width
+# 512, 1x1 conv, learntop) with the affine coupling of its best result.
+CONFIGS = {
+    "small": dict(image_shape=[32, 32, 1], n_levels=3, depth=8, width=128, permutation="invconv",
+                  coupling="affine", learntop=False, batch=64),
+    "cifar": dict(image_shape=[32, 32, 3], n_levels=3, depth=32, width=512, permutation="invconv",
+                  coupling="affine", learntop=True, batch=64),
+    "tiny": dict(image_shape=[8, 8, 1], n_levels=2, depth=2, width=8, permutation="invconv",
+                 coupling="affine", learntop=False, batch=4),
+}
+MODES = ("none", "recompute", "invertible")
+MATMUL_N = 2048
+# Variable scopes that name a layer, for --profile's time per (op type, layer).
+LAYERS = ("l_1", "l_2", "l_last", "actnorm", "invconv", "invconv_lu", "shuffle", "reverse", "prior")
+FLOP_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul", "BatchMatMul",
+            "BatchMatMulV2", "_FusedConv2D", "_MklFusedConv2D", "_FusedMatMul")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--configs", default="small", help="comma-separated names from %s" % ", ".join(sorted(CONFIGS)))
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated gradient checkpointing modes")
+    p.add_argument("--xla", default="0", help="comma-separated 0/1: XLA auto-clustering off/on")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value for every config, e.g. --set depth=8 --set batch=32")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--eval_steps", type=int, default=5, help="timed evaluation batches (0: skip)")
+    p.add_argument("--sample_steps", type=int, default=3, help="timed sampling batches (0: skip)")
+    p.add_argument("--problem", default="", help="real images from this problem (data_loaders) instead of noise")
+    p.add_argument("--restore", default="", help="start from this checkpoint (prefix or folder) instead of init")
+    p.add_argument("--profile", action="store_true", help="time per op type from one traced training step")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds a worker may take before it is stopped")
+    p.add_argument("--out", default="", help="write the JSON here (it is always printed)")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            p.error("--configs %s: unknown config %r, expected names from %s" % (args.configs, name,
+                                                                               ", ".join(sorted(CONFIGS))))
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            p.error("--modes %s: unknown mode %r, expected names from %s" % (args.modes, mode, ", ".join(MODES)))
+    for x in args.xla.split(","):
+        if x not in ("0", "1"):
+            p.error("--xla %s: expected 0, 1 or 0,1" % args.xla)
+    for kv in args.set:
+        key = kv.split("=", 1)[0]
+        if "=" not in kv or key not in CONFIGS["small"]:
+            p.error("--set %s: expected KEY=VALUE with KEY one of %s" % (kv, ", ".join(sorted(CONFIGS["small"]))))
+    if args.steps < 1 or args.warmup < 0 or args.eval_steps < 0 or args.sample_steps < 0:
+        p.error("--steps must be >= 1 and --warmup, --eval_steps, --sample_steps >= 0")
+    return args
+
+
+def config_for(name, overrides):
+    """A named config with --set overrides (image_shape as HxWxC, booleans as 0/1)."""
+    cfg = dict(CONFIGS[name], name=name)
+    for kv in overrides:
+        key, value = kv.split("=", 1)
+        kind = type(CONFIGS["small"][key])
+        if kind is list:
+            cfg[key] = [int(v) for v in value.split("x")]
+        elif kind is bool:
+            cfg[key] = value in ("1", "true", "True")
+        else:
+            cfg[key] = kind(value)
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# Parent: one fresh process per combination.
+# ---------------------------------------------------------------------------
+
+
+def run_all(args):
+    started = time.time()
+    results = []
+    for name in args.configs.split(","):
+        cfg = config_for(name, args.set)
+        for xla in args.xla.split(","):
+            for mode in args.modes.split(","):
+                spec = dict(config=cfg, mode=mode, xla=xla == "1", steps=args.steps, warmup=args.warmup,
+                            eval_steps=args.eval_steps, sample_steps=args.sample_steps, problem=args.problem,
+                            restore=args.restore, profile=args.profile)
+                results.append(run_worker(spec, args.timeout))
+                sys.stderr.write("bench: %s\n" % json.dumps(brief(results[-1])))
+    report = {
+        "command": " ".join(["python"] + [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
+        "python": platform.python_version(),
+        "tensorflow": sorted(set(r["tensorflow"] for r in results if "tensorflow" in r)),
+        "cpu_count": os.cpu_count(),
+        "wall_seconds": round(time.time() - started, 1),
+        "results": results,
+        "summary": summarize(results),
+    }
+    text = json.dumps(report, indent=1, sort_keys=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def run_worker(spec, timeout):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if spec["xla"]:
+        flags = env.get("TF_XLA_FLAGS", "")
+        env["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        err += ("\nbench: worker stopped after --timeout %g s" % timeout).encode("utf-8")
+    lines = [line for line in out.decode("utf-8", "replace").splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
+        return dict(config=spec["config"]["name"], mode=spec["mode"], xla=spec["xla"],
+                    error="worker exited with status %s" % proc.returncode, stderr_tail=tail)
+    return json.loads(lines[-1])
+
+
+def brief(r):
+    keys = ("config", "mode", "xla", "train_images_per_sec", "utilisation", "peak_rss_train_mib", "error")
+    return {k: r[k] for k in keys if k in r}
+
+
+def summarize(results):
+    """Ratios against the plain graph of the same config and XLA setting."""
+    summary = []
+    for r in results:
+        if "error" in r:
+            continue
+        base = [b for b in results if "error" not in b and b["mode"] == "none" and b["config"] == r["config"]
+                and b["xla"] == r["xla"] and b["config_values"] == r["config_values"]]
+        row = brief(r)
+        row["reconstruction_error"] = r.get("reconstruction_error")
+        if base:
+            b = base[0]
+            row["time_per_step_vs_none"] = round(b["train_images_per_sec"] / r["train_images_per_sec"], 3)
+            row["peak_rss_vs_none"] = round(r["peak_rss_train_mib"] / b["peak_rss_train_mib"], 3)
+            row["peak_rss_minus_vars_vs_none"] = round(
+                r["peak_rss_train_minus_vars_mib"] / b["peak_rss_train_minus_vars_mib"], 3)
+        summary.append(row)
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Worker: one configuration in this process.
+# ---------------------------------------------------------------------------
+
+
+def maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def op_flops(op):
+    """Conv/matmul FLOPs of one op from its static shapes (None: not known)."""
+    def dims(t):
+        shape = t.get_shape()
+        if not shape.is_fully_defined():
+            return None
+        return [int(d) for d in shape.as_list()]
+
+    t = op.type
+    if t in ("Conv2D", "_FusedConv2D", "_MklFusedConv2D"):
+        out, w = dims(op.outputs[0]), dims(op.inputs[1])
+        if out is None or w is None:
+            return None
+        return 2 * _prod(out) * w[0] * w[1] * w[2]
+    if t in ("Conv2DBackpropInput", "Conv2DBackpropFilter"):
+        dy = dims(op.inputs[2])
+        w = dims(op.inputs[1]) if t == "Conv2DBackpropInput" else dims(op.outputs[0])
+        if dy is None or w is None or len(w) != 4:
+            return None
+        return 2 * _prod(dy) * w[0] * w[1] * w[2]
+    if t in ("MatMul", "_FusedMatMul", "BatchMatMul", "BatchMatMulV2"):
+        a, b = dims(op.inputs[0]), dims(op.inputs[1])
+        if a is None or b is None:
+            return None
+        ta = op.get_attr("transpose_a") if t in ("MatMul", "_FusedMatMul") else op.get_attr("adj_x")
+        tb = op.get_attr("transpose_b") if t in ("MatMul", "_FusedMatMul") else op.get_attr("adj_y")
+        m, k = (a[-1], a[-2]) if ta else (a[-2], a[-1])
+        n = b[-2] if tb else b[-1]
+        return 2 * max(_prod(a[:-2]), _prod(b[:-2])) * m * k * n
+    return None
+
+
+def _prod(xs):
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+def subgraph_flops(fetches):
+    """Conv/matmul FLOPs of everything `fetches` depend on."""
+    seen, stack, total = set(), [getattr(f, "op", f) for f in fetches], 0
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        if op.type in FLOP_OPS:
+            flops = op_flops(op)
+            assert flops is not None, "no static shape for %s (%s)" % (op.name, op.type)
+            total += flops
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return total
+
+
+def count_flops(tf, cfg, batch):
+    """(forward, executed) conv/matmul FLOPs per image: the loss, and the loss
+    with its gradients (forward, recomputation, backward) as the training
+    step runs them, from a copy of the graph with a static batch size."""
+    import memory_saving_gradients
+    import model as glow_model
+
+    glow = glow_model.Glow(cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
+                           permutation=cfg.permutation, coupling=cfg.coupling, learntop=cfg.learntop)
+    with tf.Graph().as_default():
+        x = tf.placeholder(tf.uint8, [batch] + list(cfg.image_shape))
+        y = tf.placeholder(tf.int32, [batch])
+        loss = tf.reduce_mean(glow.losses(x, y, checkpointing=cfg.gradient_checkpointing)["loss"])
+        grads = memory_saving_gradients.gradients(loss, tf.trainable_variables(),
+                                                  mode=cfg.gradient_checkpointing)
+        return subgraph_flops([loss]) // batch, subgraph_flops(grads) // batch
+
+
+def matmul_flops_per_sec(tf, session_config, repeats=7):
+    """Median and best float32 matmul FLOP/s of a 2048^3 product (data on the
+    graph, one op per run: what the machine's BLAS gets right now)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.Variable(tf.random_normal([MATMUL_N, MATMUL_N]), name="a")
+        b = tf.Variable(tf.random_normal([MATMUL_N, MATMUL_N]), name="b")
+        # A scalar out: no copy of the result to Python.
+        product = tf.reduce_sum(tf.matmul(a, b))
+        init = tf.global_variables_initializer()
+    with tf.Session(graph=graph, config=session_config) as sess:
+        sess.run(init)
+        sess.run(product)
+        times = []
+        for _ in range(repeats):
+            t = time.time()
+            sess.run(product)
+            times.append(time.time() - t)
+    flops = 2.0 * MATMUL_N ** 3
+    times.sort()
+    return flops / times[len(times) // 2], flops / times[0]
+
+
+def batch_of(spec, n):
+    import numpy as np
+
+    cfg = spec["config"]
+    if spec["problem"]:
+        import data_loaders
+
+        data = data_loaders.get_data(spec["problem"], image_size=cfg["image_shape"][0], n_train=max(n, 64),
+                                     n_test=64, dal=0, download=False)
+        if list(data.image_shape) != list(cfg["image_shape"]):
+            raise ValueError("--problem %s has images %s, config %s wants %s"
+                             % (spec["problem"], data.image_shape, cfg["name"], cfg["image_shape"]))
+        x, y = data.init_batch(n)
+        return x, y.astype(np.int32), data.n_y
+    rng = np.random.RandomState(0)
+    return rng.randint(0, 256, [n] + cfg["image_shape"]).astype(np.uint8), np.zeros([n], np.int32), 1
+
+
+def trainer_config(spec, n_y):
+    import config as config_lib
+
+    cfg = spec["config"]
+    argv = ["--n_levels", str(cfg["n_levels"]), "--depth", str(cfg["depth"]), "--width", str(cfg["width"]),
+            "--flow_permutation", cfg["permutation"], "--flow_coupling", cfg["coupling"],
+            "--n_batch_train", str(cfg["batch"]), "--n_batch_init", str(cfg["batch"]),
+            "--n_batch_test", str(cfg["batch"]), "--gradient_checkpointing", spec["mode"],
+            "--image_size", str(cfg["image_shape"][0]), "--logdir", "/nonexistent-bench-logdir"]
+    if cfg["learntop"]:
+        argv.append("--learntop")
+    if spec["xla"]:
+        argv.append("--xla")
+    args = config_lib.parse_args(argv)
+    return config_lib.derive_config(args, cfg["image_shape"], n_y, n_train=50000, n_test=10000, n_ranks=1)
+
+
+def timed(fn, n):
+    t = time.time()
+    for _ in range(n):
+        fn()
+    return time.time() - t
+
+
+def reconstruction_error(tf, trainer, spec, cfg, x, y):
+    """memory_saving_gradients.reconstruction_error of the trainer's current
+    weights on the benchmark batch, in a graph of its own (the trainer's is
+    finalized)."""
+    import memory_saving_gradients
+    import model as glow_model
+
+    glow = glow_model.Glow(cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
+                           permutation=cfg.permutation, coupling=cfg.coupling, learntop=cfg.learntop)
+    with trainer.graph.as_default():
+        values = {v.op.name: v for v in tf.trainable_variables()}
+        values = dict(zip(values, trainer.sess.run(list(values.values()))))
+    graph = tf.Graph()
+    with graph.as_default():
+        loss = tf.reduce_mean(glow.losses(tf.constant(x), tf.constant(y), dequantize=False,
+                                          checkpointing="invertible")["loss"])
+        params = tf.trainable_variables()
+        memory_saving_gradients.gradients(loss, params, mode="invertible")
+        error = memory_saving_gradients.reconstruction_error(loss)
+        feeds = {v: values[v.op.name] for v in params}
+        with tf.Session(graph=graph) as sess:
+            sess.run(tf.global_variables_initializer())
+            for v, value in feeds.items():
+                v.load(value, sess)
+            return float(sess.run(error))
+
+
+def trace_step(tf, trainer, x, y, lr):
+    """One traced training step: time per op type, allocator peak, XLA clusters."""
+    opts = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE, output_partition_graphs=True)
+    for _ in range(2):  # the first run of a new fetch set builds (and XLA-compiles) its executor
+        md = tf.RunMetadata()
+        trainer.sess.run(trainer.opt.train_op, {trainer.x: x, trainer.y: y, trainer.lr: lr},
+                         options=opts, run_metadata=md)
+    by_type, peak = {}, None
+    names = {}
+    for g in md.partition_graphs:
+        for node in g.node:
+            names[node.name] = node.op
+    by_layer = {}
+    for dev in md.step_stats.dev_stats:
+        for ns in dev.node_stats:
+            op_type = names.get(ns.node_name.split(":")[0], "other")
+            micros = ns.all_end_rel_micros or (ns.op_end_rel_micros - ns.op_start_rel_micros)
+            by_type[op_type] = by_type.get(op_type, 0) + micros
+            parts = ns.node_name.split("/")
+            layer = [p for p in parts if p in LAYERS][-1:] or ["other"]
+            key = "%s %s%s" % (op_type, layer[0], " (grad)" if parts[0].startswith("gradients") else "")
+            by_layer[key] = by_layer.get(key, 0) + micros
+            for m in ns.memory:
+                if m.allocator_bytes_in_use:
+                    peak = max(peak or 0, m.allocator_bytes_in_use)
+    total = float(sum(by_type.values())) or 1.0
+    top = sorted(by_type.items(), key=lambda kv: -kv[1])[:15]
+    top_layer = sorted(by_layer.items(), key=lambda kv: -kv[1])[:25]
+    clusters = sum(1 for op in names.values() if op in ("_XlaRun", "XlaRun"))
+    return ({k: round(v / total, 4) for k, v in top}, {k: round(v / total, 4) for k, v in top_layer}, peak,
+            clusters)
+
+
+def worker(spec):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import tensorflow.compat.v1 as tf
+
+    tf.disable_v2_behavior()
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    import runtime
+    import trainer as trainer_lib
+
+    out = dict(config=spec["config"]["name"], config_values=spec["config"], mode=spec["mode"], xla=spec["xla"],
+               tensorflow=tf.version.VERSION, python=platform.python_version(), steps=spec["steps"],
+               warmup=spec["warmup"], load_avg_start=os.getloadavg()[0])
+    batch = spec["config"]["batch"]
+    x, y, n_y = batch_of(spec, batch)
+    out["data"] = spec["problem"] or "uniform uint8 noise"
+    cfg = trainer_config(spec, n_y)
+    backend = runtime.make_backend("none", "cpu")
+    plain_config = runtime.session_config("cpu")
+    t = time.time()
+    trainer = trainer_lib.Trainer(cfg, backend, lambda graph: runtime.make_session("cpu", backend, graph=graph,
+                                                                                   xla=spec["xla"]))
+    out["graph_build_seconds"] = round(time.time() - t, 1)
+    with trainer.graph.as_default():
+        out["n_params"] = int(sum(np.prod(v.get_shape().as_list()) for v in tf.trainable_variables()))
+        out["variable_bytes"] = int(sum(np.prod(v.get_shape().as_list()) * v.dtype.base_dtype.size
+                                        for v in tf.global_variables()))
+    out["rss_after_build_mib"] = round(maxrss_mib(), 1)
+
+    t = time.time()
+    if spec["restore"]:
+        trainer.restore(spec["restore"])
+    else:
+        trainer.initialize(x, y)
+    out["init_seconds"] = round(time.time() - t, 1)
+    out["rss_after_init_mib"] = round(maxrss_mib(), 1)
+
+    mm_before = matmul_flops_per_sec(tf, plain_config)
+    lr = 1e-4
+    for _ in range(spec["warmup"]):
+        trainer.train_step(x, y, lr)
+    step_times = []
+    for _ in range(spec["steps"]):
+        t = time.time()
+        trainer.train_step(x, y, lr)
+        step_times.append(time.time() - t)
+    out["peak_rss_train_mib"] = round(maxrss_mib(), 1)
+    out["peak_rss_train_minus_vars_mib"] = round(out["peak_rss_train_mib"] - out["variable_bytes"] / 2.0 ** 20, 1)
+    mm_after = matmul_flops_per_sec(tf, plain_config)
+
+    out["train_step_seconds"] = [round(s, 4) for s in step_times]
+    out["train_images_per_sec"] = round(batch * len(step_times) / sum(step_times), 2)
+    out["matmul_flops_per_sec"] = {"median_before": mm_before[0], "median_after": mm_after[0],
+                                   "best": max(mm_before[1], mm_after[1])}
+
+    if spec["profile"] or spec["xla"]:
+        by_type, by_layer, peak, clusters = trace_step(tf, trainer, x, y, lr)
+        if spec["profile"]:
+            out["op_time_share_top15"] = by_type
+            out["op_time_share_by_layer_top25"] = by_layer
+        out["allocator_peak_mib"] = None if peak is None else round(peak / 2.0 ** 20, 1)
+        out["xla_clusters"] = clusters
+    if spec["eval_steps"]:
+        trainer.eval_sums([(x, y)])
+        seconds = timed(lambda: trainer.eval_sums([(x, y)]), spec["eval_steps"])
+        out["eval_images_per_sec"] = round(batch * spec["eval_steps"] / seconds, 2)
+    if spec["sample_steps"]:
+        temperatures = np.full([batch], 0.7, np.float32)
+        trainer.sample(y, temperatures)
+        seconds = timed(lambda: trainer.sample(y, temperatures), spec["sample_steps"])
+        out["sample_images_per_sec"] = round(batch * spec["sample_steps"] / seconds, 2)
+    out["peak_rss_end_mib"] = round(maxrss_mib(), 1)
+    if spec["mode"] == "invertible":
+        out["reconstruction_error"] = reconstruction_error(tf, trainer, spec, cfg, x, y)
+    # Last: the extra graphs must not count in the peaks above.
+    out["forward_flops_per_image"], out["executed_flops_per_image"] = count_flops(tf, cfg, batch)
+    matmul = 0.5 * (mm_before[0] + mm_after[0])
+    out["achieved_model_flops_per_sec"] = 3.0 * out["forward_flops_per_image"] * out["train_images_per_sec"]
+    out["utilisation"] = round(out["achieved_model_flops_per_sec"] / matmul, 4)
+    out["utilisation_executed"] = round(out["executed_flops_per_image"] * out["train_images_per_sec"] / matmul, 4)
+    out["load_avg_end"] = os.getloadavg()[0]
+    trainer.sess.close()
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+    return run_all(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

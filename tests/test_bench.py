@@ -1,0 +1,117 @@
+"""scripts/bench.py on its tiny config: it runs end to end in fresh worker
+processes, and its FLOP count from the graph equals the count from the
+architecture (so the utilisation figures rest on the right numerator).
+Speed itself is measured by the benchmark, never asserted here."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import bench  # noqa: E402
+
+
+def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, **_):
+    """Conv FLOPs per image (2 per multiply-add) of Glow's forward pass, from
+    the architecture: per step a 1x1 invertible conv, the coupling network
+    (3x3 conv of the kept half + edge channel, 1x1 conv, 3x3 zero conv of
+    width + edge channel), per split the prior's 3x3 zero conv.
+
+    Returns (total, of which the zero convs' edge channel)."""
+    h, w, c = image_shape[0] // 2, image_shape[1] // 2, image_shape[2] * 4
+    total = edge = 0
+    for level in range(n_levels):
+        hw = h * w
+        n_out = c if coupling == "affine" else c // 2
+        step = 2 * hw * c * c
+        step += 2 * hw * width * 9 * (c // 2 + 1)
+        step += 2 * hw * width * width
+        step += 2 * hw * n_out * 9 * (width + 1)
+        total += depth * step
+        edge += depth * 2 * hw * n_out * 9
+        if level < n_levels - 1:
+            total += 2 * hw * c * 9 * (c // 2 + 1)
+            edge += 2 * hw * c * 9
+            h, w, c = h // 2, w // 2, c * 2
+    if learntop:
+        total += 2 * h * w * 2 * c * 9 * (2 * c + 1)
+        edge += 2 * h * w * 2 * c * 9
+    return total, edge
+
+
+def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--configs", "tiny",
+           "--modes", "none,invertible", "--steps", "1", "--warmup", "1", "--eval_steps", "1",
+           "--sample_steps", "1", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    report = json.loads(out.read_text())
+    plain, inv = report["results"]
+    assert "error" not in plain and "error" not in inv, report["results"]
+    assert (plain["mode"], inv["mode"]) == ("none", "invertible")
+
+    # The zero convs' edge part is a conv of a constant [1, H, W, 1] image:
+    # computed once per batch (not per image), and it needs no input gradient.
+    batch = bench.CONFIGS["tiny"]["batch"]
+    total, edge = glow_forward_flops(**bench.CONFIGS["tiny"])
+    forward = total - edge + edge // batch
+    assert plain["forward_flops_per_image"] == forward == inv["forward_flops_per_image"]
+    # Plain backprop runs each conv three times (forward, input and filter
+    # gradients); invertible backprop adds the flow's inverse and its
+    # recomputation (everything but the split priors, outside the flow).
+    assert plain["executed_flops_per_image"] == 3 * (total - edge) + 2 * edge // batch
+    total0, edge0 = glow_forward_flops(**dict(bench.CONFIGS["tiny"], depth=0))
+    flow = forward - (total0 - edge0 + edge0 // batch)
+    assert inv["executed_flops_per_image"] == plain["executed_flops_per_image"] + 2 * flow
+
+    for r in (plain, inv):
+        assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0 and r["sample_images_per_sec"] > 0
+        assert 0 < r["utilisation"] < 1.5
+        assert r["peak_rss_train_mib"] >= r["rss_after_build_mib"] > 100
+        assert r["variable_bytes"] > 4 * 4 * r["n_params"] - 1  # weights, Adamax m1/m2, Polyak average
+    assert 0 < inv["reconstruction_error"] < 1e-4
+    summary = {row["mode"]: row for row in report["summary"]}
+    assert summary["none"]["time_per_step_vs_none"] == 1.0
+    assert summary["invertible"]["peak_rss_vs_none"] > 0
+
+
+def test_bad_arguments_name_the_value():
+    for argv, text in ((["--configs", "huge"], "unknown config 'huge'"),
+                       (["--modes", "fast"], "unknown mode 'fast'"),
+                       (["--set", "colour=1"], "--set colour=1")):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py")] + argv,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        assert proc.returncode == 2 and text in proc.stderr.decode(), proc.stderr.decode()
+
+
+def test_fast_convolutions_compute_openai_glows_layers():
+    """The speed-ups in tfops (actnorm folded into the conv, convs as
+    matmuls, the edge channel as a constant map) leave each layer the
+    function openai/glow defined: edge-padded 'VALID' conv, then actnorm
+    (conv2d) or bias and exp(3 logs) scale (conv2d_zeros). float64."""
+    import numpy as np
+    import tensorflow.compat.v1 as tf
+
+    import tfops
+
+    rng = np.random.RandomState(0)
+    for filter_size in ((3, 3), (1, 1)):
+        with tf.Graph().as_default():
+            x = tf.constant(rng.randn(2, 6, 5, 3))
+            with tf.variable_scope("t", use_resource=True):
+                ours = [tfops.conv2d("c", x, 7, filter_size), tfops.conv2d_zeros("z", x, 4, filter_size)]
+            var = {v.op.name[2:]: v for v in tf.global_variables()}
+            padded = tfops.add_edge_padding(x, filter_size)
+            conv = tf.nn.conv2d(padded, var["c/W"], [1, 1, 1, 1], "VALID")
+            ref = [(conv + var["c/actnorm/b"]) * tf.exp(3.0 * var["c/actnorm/logs"]),
+                   (tf.nn.conv2d(padded, var["z/W"], [1, 1, 1, 1], "VALID") + var["z/b"])
+                   * tf.exp(3.0 * var["z/logs"])]
+            with tf.Session() as sess:
+                for v in var.values():
+                    v.load(rng.randn(*v.get_shape().as_list()) * 0.3, sess)
+                ours_v, ref_v = sess.run([ours, ref])
+        for a, b in zip(ours_v, ref_v):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
