@@ -146,10 +146,23 @@ def test_two_ranks_follow_the_one_rank_trajectory(runs):
     # little by 32 optimizer steps.
     np.testing.assert_allclose(loss, single["steps"][:, 0], rtol=1e-5, atol=0)
     np.testing.assert_allclose(steps[:, 1], single["steps"][:, 1], rtol=1e-5, atol=0)
+    # The weights: the two runs' difference is measured against how far
+    # training moved each variable from the shared start. Elementwise
+    # tolerances do not fit Adam: it divides each gradient by its own running
+    # RMS, so an entry whose gradient hovers near zero turns a rounding
+    # difference into an update of up to lr per step (seen: 8e-5 on a weight
+    # that 32 steps of lr 2e-3 moved by ~1e-2 in norm).
     v0, vs = _variables(rank0), _variables(single)
     assert sorted(v0) == sorted(vs)
+    start = tf.train.load_checkpoint(runs["ckpt"])
+    far = []
     for k in v0:
-        np.testing.assert_allclose(v0[k], vs[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        s = start.get_tensor(k[len("var/"):]) if start.has_tensor(k[len("var/"):]) else np.zeros_like(vs[k])
+        moved = np.linalg.norm((vs[k] - s).ravel())
+        apart = np.linalg.norm((v0[k] - vs[k]).ravel())
+        if apart > 1e-2 * moved + 1e-6 * np.sqrt(vs[k].size):
+            far.append((k, apart, moved))
+    assert not far, "variables whose 2-rank and 1-rank values differ by >1%% of training's move: %s" % far[:5]
     # Per-epoch train means and the test bits/dim, which each rank computes
     # on its half of the test set and Horovod adds up.
     for name, keys in (("train.txt", ("loss", "bits_x")), ("test.txt", ("loss", "bits_x"))):
