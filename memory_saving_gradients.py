@@ -14,8 +14,11 @@ width-512 hidden layers of 96 coupling networks. Two ways to keep less:
     the step from the rebuilt input as above. The flow's activation memory no
     longer grows with depth. The rebuilt inputs differ from the forward ones
     by float rounding (`reconstruction_error` measures it), so gradients
-    match plain ones to float tolerance, not bit for bit; it costs one more
-    evaluation of each step (the inverse) than 'recompute'.
+    match plain ones to float tolerance, not bit for bit. A step given as a
+    `CouplingStep` (Glow's are) costs what 'recompute' costs: its coupling
+    network's input passes through the step unchanged, so the one evaluation
+    that rebuilds the input also serves the gradient; any other step is
+    inverted, then recomputed (one more evaluation).
 
 How: `flow` runs a level's steps inside one `tf.custom_gradient`, whose
 gradient function rebuilds the steps in the backward pass. openai/glow edited
@@ -38,6 +41,8 @@ Data-dependent init and the evaluation/sampling graphs are never wrapped.
 import collections
 
 import tensorflow.compat.v1 as tf
+
+import tfops
 
 MODES = ("none", "recompute", "invertible")
 _COLLECTION = "memory_saving_gradients_flows"
@@ -65,6 +70,33 @@ class _Flow(object):
         self.forward_ops = []
         self.step_inputs = []
         self.backward_inputs = {}
+
+
+class CouplingStep(object):
+    """A flow step that ends with a coupling: z -> prefix -> [z1, z2] ->
+    [z1, couple(nn(z1), z2)], callable as step(z, logdet, reverse) like any
+    step of `flow`.
+
+    prefix(z, logdet, reverse) -> (z, logdet): the step's invertible ops
+    before the coupling (Glow: actnorm, permutation); nn(z1) -> h: the
+    coupling's network; couple(h, z2, logdet, reverse) -> (z2, logdet): its
+    transform of the second half. Each builds its ops and gets its variables
+    under the current variable scope. 'invertible' backprop uses the parts:
+    nn(z1) is evaluated once per step in the backward pass, on the step's own
+    output z1, for both the inverse and the gradient."""
+
+    def __init__(self, prefix, nn, couple):
+        self.prefix = prefix
+        self.nn = nn
+        self.couple = couple
+
+    def __call__(self, z, logdet, reverse=False):
+        if not reverse:
+            z, logdet = self.prefix(z, logdet, False)
+        z, logdet = tfops.apply_coupling(self.nn, self.couple, z, logdet, reverse)
+        if reverse:
+            z, logdet = self.prefix(z, logdet, True)
+        return z, logdet
 
 
 def flow(steps, z, logdet, mode="none"):
@@ -130,18 +162,63 @@ def _recompute(step, scope, z_in, dz, dlogdet, wanted):
     collector = _ReadCollector()
     with tf.variable_scope(scope, reuse=True, custom_getter=collector, auxiliary_name_scope=False):
         z_out, logdet_out = step(z_in, tf.zeros_like(dlogdet), False)
-    names = [k for k in collector.reads if k in wanted]
-    reads = [r for k in names for r in collector.reads[k]]
+    names, reads = _read_values(collector, wanted)
     grads = tf.gradients([z_out, logdet_out], [z_in] + reads, grad_ys=[dz, dlogdet])
     assert grads[0] is not None, "a flow step's output does not depend on its input"
     by_name = collections.defaultdict(list)
-    i = 1
-    for k in names:
-        for _ in collector.reads[k]:
-            if grads[i] is not None:
-                by_name[k].append(grads[i])
-            i += 1
+    for name, g in zip(names, grads[1:]):
+        if g is not None:
+            by_name[name].append(g)
     return grads[0], by_name
+
+
+def _read_values(collector, wanted):
+    """The variable reads a _ReadCollector saw, for the variables in `wanted`
+    (names): (names, reads), one name per read."""
+    pairs = [(k, r) for k in collector.reads if k in wanted for r in collector.reads[k]]
+    return [k for k, _ in pairs], [r for _, r in pairs]
+
+
+def _rebuild_coupling_step(step, scope, z_out, dz, dlogdet, wanted):
+    """'invertible' backprop of one CouplingStep from its output z_out:
+    returns (the rebuilt input, d input, {variable name: [gradient, ...]}).
+
+    The coupling passed z1 through, so z_out's first half is the network's
+    input as the forward pass had it: h = nn(z1) is evaluated once, rebuilds
+    z2's input (couple's inverse) and carries the gradient (backprop through
+    the same ops); the cheap prefix is inverted, then recomputed from the
+    rebuilt input for its own gradient."""
+    zeros = tf.zeros_like(dlogdet)
+    nn_reads, prefix_reads, couple_reads = _ReadCollector(), _ReadCollector(), _ReadCollector()
+    with tf.control_dependencies([dz]):
+        y = tf.identity(z_out)
+    y1, y2 = tf.split(y, 2, axis=3)
+    dy1, dy2 = tf.split(dz, 2, axis=3)
+    with tf.variable_scope(scope, reuse=True, custom_getter=nn_reads, auxiliary_name_scope=False):
+        h = step.nn(y1)
+    with tf.variable_scope(scope, reuse=True, auxiliary_name_scope=False):
+        x2, _ = step.couple(tf.stop_gradient(h), y2, zeros, True)
+        z_in, _ = step.prefix(tf.concat([y1, x2], 3), zeros, True)
+    z_in = tf.stop_gradient(z_in)
+    with tf.variable_scope(scope, reuse=True, custom_getter=prefix_reads, auxiliary_name_scope=False):
+        p, logdet_prefix = step.prefix(z_in, zeros, False)
+    _, p2 = tf.split(p, 2, axis=3)
+    with tf.variable_scope(scope, reuse=True, custom_getter=couple_reads, auxiliary_name_scope=False):
+        y2_again, logdet_couple = step.couple(h, p2, zeros, False)
+    # couple: d p2, d h and its variables; nn: d z1 (added to what z1 got
+    # directly) and its variables; prefix: d z_in and its variables.
+    couple_names, couple_values = _read_values(couple_reads, wanted)
+    couple_grads = tf.gradients([y2_again, logdet_couple], [p2, h] + couple_values, grad_ys=[dy2, dlogdet])
+    nn_names, nn_values = _read_values(nn_reads, wanted)
+    nn_grads = tf.gradients(h, [y1] + nn_values, grad_ys=couple_grads[1])
+    dp = tf.concat([dy1 + nn_grads[0], couple_grads[0]], 3)
+    prefix_names, prefix_values = _read_values(prefix_reads, wanted)
+    prefix_grads = tf.gradients([p, logdet_prefix], [z_in] + prefix_values, grad_ys=[dp, dlogdet])
+    by_name = collections.defaultdict(list)
+    for name, g in zip(couple_names + nn_names + prefix_names, couple_grads[2:] + nn_grads[1:] + prefix_grads[1:]):
+        if g is not None:
+            by_name[name].append(g)
+    return z_in, prefix_grads[0], by_name
 
 
 def _backward(steps, scope, record, z_out, dz, dlogdet, variables):
@@ -152,22 +229,25 @@ def _backward(steps, scope, record, z_out, dz, dlogdet, variables):
     var_grads = collections.defaultdict(list)
     z_next = z_out
     for i in reversed(range(len(steps))):
-        # The control dependency holds this step's recomputation (and, for
-        # 'invertible', its inverse) back until the gradient of its output
-        # exists: the backward pass has reached it.
-        with tf.control_dependencies([dz]):
-            if record.mode == "recompute":
-                z_in = tf.identity(record.step_inputs[i])
-            else:
-                z_held = tf.identity(z_next)
-        if record.mode == "invertible":
-            with tf.variable_scope(scope, reuse=True, auxiliary_name_scope=False):
-                z_in, _ = steps[i](z_held, tf.zeros_like(dlogdet), True)
-        # Gradients must flow only through the recomputed step, never back
-        # through the inverse that rebuilt its input.
-        z_in = tf.stop_gradient(z_in)
+        if record.mode == "invertible" and isinstance(steps[i], CouplingStep):
+            z_in, dz, grads = _rebuild_coupling_step(steps[i], scope, z_next, dz, dlogdet, wanted)
+        else:
+            # The control dependency holds this step's recomputation (and, for
+            # 'invertible', its inverse) back until the gradient of its output
+            # exists: the backward pass has reached it.
+            with tf.control_dependencies([dz]):
+                if record.mode == "recompute":
+                    z_in = tf.identity(record.step_inputs[i])
+                else:
+                    z_held = tf.identity(z_next)
+            if record.mode == "invertible":
+                with tf.variable_scope(scope, reuse=True, auxiliary_name_scope=False):
+                    z_in, _ = steps[i](z_held, tf.zeros_like(dlogdet), True)
+            # Gradients must flow only through the recomputed step, never back
+            # through the inverse that rebuilt its input.
+            z_in = tf.stop_gradient(z_in)
+            dz, grads = _recompute(steps[i], scope, z_in, dz, dlogdet, wanted)
         record.backward_inputs[i] = z_in
-        dz, grads = _recompute(steps[i], scope, z_in, dz, dlogdet, wanted)
         for name, g in grads.items():
             var_grads[name].extend(g)
         z_next = z_in

@@ -13,7 +13,6 @@ evaluation graph read other values for the same variables (the Polyak
 averages), without swapping weights in and out.
 """
 import collections
-import functools
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -100,24 +99,33 @@ class Glow(object):
 
     # -- the flow ------------------------------------------------------------
 
-    def _flow_step(self, name, z, logdet, reverse):
-        """One step of flow (paper Figure 2a): actnorm -> permutation -> coupling."""
-        coupling = tfops.COUPLINGS[self.coupling]
-        ops = [
-            lambda z_, ld, rev: tfops.actnorm("actnorm", z_, ld, reverse=rev),
-            lambda z_, ld, rev: tfops.PERMUTATIONS[self.permutation](self.permutation, z_, ld, reverse=rev),
-            lambda z_, ld, rev: coupling("f1", z_, ld, reverse=rev, width=self.width),
-        ]
-        with tf.variable_scope(name):
-            for op in (reversed(ops) if reverse else ops):
-                z, logdet = op(z, logdet, reverse)
-        return z, logdet
+    def _flow_step(self, name, n_channels):
+        """One step of flow (paper Figure 2a) on z with `n_channels`: actnorm
+        -> permutation -> coupling, under variable scope `name`, as the parts
+        that memory_saving_gradients.CouplingStep needs."""
+        n_per_channel, couple = tfops.COUPLINGS[self.coupling]
+
+        def prefix(z, logdet, reverse):
+            ops = [
+                lambda z_, ld: tfops.actnorm("actnorm", z_, ld, reverse=reverse),
+                lambda z_, ld: tfops.PERMUTATIONS[self.permutation](self.permutation, z_, ld, reverse=reverse),
+            ]
+            with tf.variable_scope(name):
+                for op in (reversed(ops) if reverse else ops):
+                    z, logdet = op(z, logdet)
+            return z, logdet
+
+        def nn(z1):
+            with tf.variable_scope(name):
+                return tfops.coupling_nn("f1", z1, self.width, n_per_channel * n_channels // 2)
+
+        return memory_saving_gradients.CouplingStep(prefix, nn, couple)
 
     def _level(self, level, z, logdet, reverse, checkpointing="none"):
         """`depth` flow steps; forward, their gradient is that of the
         `checkpointing` mode (memory_saving_gradients.MODES)."""
         with tf.variable_scope(str(level)):
-            steps = [functools.partial(self._flow_step, str(i)) for i in range(self.depth)]
+            steps = [self._flow_step(str(i), tfops.int_shape(z)[3]) for i in range(self.depth)]
             if not reverse:
                 return memory_saving_gradients.flow(steps, z, logdet, mode=checkpointing)
             for step in reversed(steps):

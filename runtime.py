@@ -385,9 +385,26 @@ def make_backend(name, device, environ=None):
     return Backend(device, npu=npu)
 
 
+CPU_JIT_FLAG = "--tf_xla_cpu_global_jit"
+
+
+def enable_cpu_autoclustering():
+    """Let global_jit_level cluster ops on the CPU as well: TF auto-clusters
+    only GPU ops unless TF_XLA_FLAGS holds --tf_xla_cpu_global_jit (without
+    it, xla=True on cpu silently compiled nothing). TF reads the variable
+    once per process, when the first session optimizes a graph, so this must
+    run before that."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if CPU_JIT_FLAG not in flags.split():
+        os.environ["TF_XLA_FLAGS"] = (flags + " " + CPU_JIT_FLAG).strip()
+
+
 def make_session(device, backend, graph=None, **config_kwargs):
     """tf.Session configured by session_config(device, backend.local_rank(),
     **config_kwargs).
+
+    On cpu with xla=True, also enable_cpu_autoclustering(): call it before
+    any other session of the process has run.
 
     On npu, the first call also initializes the NPU system (and HCCL) with
     npu_ops.initialize_system in a side session; backend.close() runs
@@ -397,6 +414,8 @@ def make_session(device, backend, graph=None, **config_kwargs):
         raise ValueError("make_session(%r, ...): the backend was made for device %r"
                          % (device, backend.device))
     config = session_config(device, local_rank=backend.local_rank(), **config_kwargs)
+    if device == "cpu" and config_kwargs.get("xla"):
+        enable_cpu_autoclustering()
     if device == "npu":
         backend._start_npu_system(config)
     return tf.Session(graph=graph, config=config)

@@ -330,15 +330,62 @@ def _check_filter(filter_size):
         raise ValueError("filter_size %r: expected two odd sizes (edge padding is symmetric)" % (filter_size,))
 
 
+def _window(x, dy, dx, h, w):
+    """x[:, dy:dy+h, dx:dx+w, :] as tf.slice, whose gradient is a Pad: the
+    StridedSliceGrad of Python indexing is several times slower on CPU."""
+    return tf.slice(x, [0, dy, dx, 0], [-1, h, w, -1])
+
+
+def _conv_valid(x, w, bias=None):
+    """'VALID' conv of x [B, H+kh-1, W+kw-1, C] with w [kh, kw, C, N] (plus
+    bias [N]) as one matmul over pixels (im2col).
+
+    The patches are the kh*kw shifted views of x, tap-major (channel
+    t*C + c for tap t = dy*kw + dx, the row order of w reshaped to
+    [kh*kw*C, N]). Meant for few input channels (the coupling network's
+    first conv), where a conv's filter gradient is a poor GEMM and the
+    patches are small. Returns [B, H, W, N]."""
+    kh, kw, n_c, n_out = int_shape(w)
+    h, w_ = int_shape(x)[1] - kh + 1, int_shape(x)[2] - kw + 1
+    if kh * kw > 1:
+        x = tf.concat([_window(x, dy, dx, h, w_) for dy in range(kh) for dx in range(kw)], axis=3)
+    y = tf.matmul(tf.reshape(x, [-1, kh * kw * n_c]), tf.reshape(w, [kh * kw * n_c, n_out]))  # [B*H*W, N]
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)  # on the matmul's own output, where Grappler can fuse it
+    return tf.reshape(y, [-1, h, w_, n_out])  # [B, H, W, N]
+
+
+def _conv_same_by_taps(x, w):
+    """'SAME' (zero-padded) conv of x [B, H, W, C] with w [kh, kw, C, N] as
+    one matmul and kh*kw shifts.
+
+    u = x @ [w_0 | ... | w_{kh*kw-1}] gives every tap's contribution at every
+    pixel; the output sums each tap's block shifted by its offset. Meant for
+    many input and few output channels (the coupling network's zero conv,
+    width -> 2C): one GEMM with N = kh*kw*n_out instead of a conv whose
+    filter and input gradients are GEMMs with N = n_out. Returns [B, H, W, N]."""
+    kh, kw, n_c, n_out = int_shape(w)
+    h, w_ = int_shape(x)[1:3]
+    a, b = (kh - 1) // 2, (kw - 1) // 2
+    taps = tf.reshape(tf.transpose(w, [2, 0, 1, 3]), [n_c, kh * kw * n_out])  # [C, (dy, dx, n)]
+    u = tf.matmul(tf.reshape(x, [-1, n_c]), taps)  # [B*H*W, kh*kw*N]
+    u = tf.reshape(u, [-1, h, w_, kh * kw * n_out])  # [B, H, W, kh*kw*N]
+    if kh * kw == 1:
+        return u
+    u = tf.pad(u, [[0, 0], [a, a], [b, b], [0, 0]])  # [B, H+2a, W+2b, kh*kw*N]
+    blocks = tf.split(u, kh * kw, axis=3)
+    return tf.add_n([_window(blocks[dy * kw + dx], dy, dx, h, w_) for dy in range(kh) for dx in range(kw)])
+
+
 @add_arg_scope
 def conv2d(name, x, width, filter_size=(3, 3)):
     """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05).
 
     After init the actnorm is folded into the conv: (conv(x, W) + b) * s =
-    conv(x, W * s) + b * s with s = exp(logs) per output channel. One conv
-    with a bias, which Grappler fuses with the ReLU that follows, replaces
-    two elementwise passes over the [B, H, W, width] output forward and four
-    backward. Same variables, same function (to float rounding). Data-
+    conv(x, W * s) + b * s with s = exp(logs) per output channel: one matmul
+    with a bias, which Grappler fuses with the ReLU that follows, instead of
+    two more elementwise passes over the [B, H, W, width] output forward and
+    four backward. Same variables, same function (to float rounding). Data-
     dependent init needs the unscaled conv output for its statistics, so it
     runs unfolded."""
     filter_size = list(filter_size)
@@ -349,10 +396,10 @@ def conv2d(name, x, width, filter_size=(3, 3)):
         w = tf.get_variable("W", filter_size + [n_in, width], x.dtype,
                             initializer=tf.random_normal_initializer(0.0, 0.05))
         if in_ddi_init():
-            return actnorm_layer("actnorm", tf.nn.conv2d(x, w, [1, 1, 1, 1], "VALID"))
+            return actnorm_layer("actnorm", _conv_valid(x, w))
         bias, logs = actnorm_variables("actnorm", width, x.dtype)
         scale = tf.exp(logs)
-        return tf.nn.bias_add(tf.nn.conv2d(x, w * scale, [1, 1, 1, 1], "VALID"), bias * scale)
+        return _conv_valid(x, w * scale, bias * scale)
 
 
 @add_arg_scope
@@ -380,7 +427,7 @@ def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FA
         scale = tf.exp(logs * logscale_factor)
         w = w * scale
         bias = b * scale
-        out = tf.nn.conv2d(x, w[:, :, :n_in], [1, 1, 1, 1], "SAME")
+        out = _conv_same_by_taps(x, w[:, :, :n_in])
         if not edge:
             return tf.nn.bias_add(out, bias)
         indicator = tf.constant(_edge_indicator(filter_size, h, w_, x.dtype))
@@ -428,41 +475,64 @@ def _even_odd(h):
     return even, odd
 
 
-@add_arg_scope
-def additive_coupling(name, z, logdet, reverse=False, width=512):
-    """z2 += NN(z1) (NICE). logdet += 0."""
-    z1, z2 = _halves(z)
-    shift = coupling_nn(name, z1, width, int_shape(z2)[3])
-    z2 = z2 - shift if reverse else z2 + shift
-    return tf.concat([z1, z2], 3), logdet
+def couple_additive(h, z2, logdet, reverse=False):
+    """NICE's transform of z2 given h = NN(z1): z2 + h. logdet += 0."""
+    return (z2 - h if reverse else z2 + h), logdet
 
 
-@add_arg_scope
-def affine_coupling(name, z, logdet, reverse=False, width=512):
-    """z2 = (z2 + shift) * scale with (shift, scale) from NN(z1) (paper 3.3).
+def couple_affine(h, z2, logdet, reverse=False):
+    """The affine transform of z2 given h = NN(z1) (paper 3.3): (z2 + shift)
+    * scale, with shift and raw scale the even and odd channels of h.
 
-    openai/glow's variant: scale = sigmoid(h + 2) rather than exp(h). It is
-    bounded in (0, 1), so a step can only contract z2: no exploding
+    openai/glow's variant: scale = sigmoid(raw + 2) rather than exp(raw). It
+    is bounded in (0, 1), so a step can only contract z2: no exploding
     activations early in training, and at init (h = 0) scale = 0.88, close to
     the identity. Shift is added before scaling. logdet += sum(log scale)."""
-    z1, z2 = _halves(z)
-    h = coupling_nn(name, z1, width, 2 * int_shape(z2)[3])
     shift, raw = _even_odd(h)
     raw += 2.0
     scale = tf.nn.sigmoid(raw)
     # log(sigmoid(a)) = -softplus(-a): exact and finite even where sigmoid underflows.
     dlogdet = tf.reduce_sum(-tf.nn.softplus(-raw), axis=[1, 2, 3])
     if not reverse:
-        z2 = (z2 + shift) * scale
-        return tf.concat([z1, z2], 3), logdet + dlogdet
-    z2 = z2 / scale - shift
-    return tf.concat([z1, z2], 3), logdet - dlogdet
+        return (z2 + shift) * scale, logdet + dlogdet
+    return z2 / scale - shift, logdet - dlogdet
 
 
+# Each coupling: (channels of NN(z1) per channel of z2, its transform of z2).
 COUPLINGS = {
-    "additive": additive_coupling,
-    "affine": affine_coupling,
+    "additive": (1, couple_additive),
+    "affine": (2, couple_affine),
 }
+
+
+def apply_coupling(nn, couple, z, logdet, reverse=False):
+    """[z1, z2] -> [z1, couple(nn(z1), z2)], or its inverse: z1, the first
+    half of the channels, passes through and conditions the transform of z2."""
+    z1, z2 = _halves(z)
+    z2, logdet = couple(nn(z1), z2, logdet, reverse)
+    return tf.concat([z1, z2], 3), logdet
+
+
+def coupling(kind, name, z, logdet, reverse=False, width=512):
+    """The `kind` coupling (a key of COUPLINGS) with its network coupling_nn
+    of `width` hidden channels under variable scope `name`."""
+    n_per_channel, couple = COUPLINGS[kind]
+    n_out = n_per_channel * int_shape(z)[3] // 2
+    return apply_coupling(lambda z1: coupling_nn(name, z1, width, n_out), couple, z, logdet, reverse)
+
+
+@add_arg_scope
+def additive_coupling(name, z, logdet, reverse=False, width=512):
+    """z2 += NN(z1) (NICE). logdet += 0."""
+    return coupling("additive", name, z, logdet, reverse, width)
+
+
+@add_arg_scope
+def affine_coupling(name, z, logdet, reverse=False, width=512):
+    """z2 = (z2 + shift) * scale with (shift, scale) from NN(z1) (paper 3.3;
+    see couple_affine). logdet += sum(log scale)."""
+    return coupling("affine", name, z, logdet, reverse, width)
+
 
 # ---------------------------------------------------------------------------
 # Squeeze and split (paper 3.4, multi-scale architecture of RealNVP)

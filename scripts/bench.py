@@ -18,19 +18,23 @@ of --problem), and measures:
                               activations; the init batch is the train batch so
                               it does not set the peak), and after everything;
   allocator peak              largest `allocator_bytes_in_use` in a traced
-                              step (TF 2.x's oneDNN allocator reports it; TF
-                              1.15's CPU allocator does not: null);
+                              training step (TF 2.x's oneDNN allocator
+                              reports it; TF 1.15's CPU allocator and XLA's
+                              clusters do not: null);
   FLOPs per image             conv and matmul FLOPs (2 per multiply-add) from
                               the static shapes of a copy of the graph with a
                               static batch: `forward` is what the loss needs,
                               `executed` what the loss and its gradients run
                               (forward, recomputation, backward); elementwise
                               ops are not counted;
-  matmul FLOP/s               a float32 2048^3 matmul in the same process,
-                              before and after the training timing;
+  matmul FLOP/s               a float32 2048^3 matmul in the same process
+                              (median of 7), before and after the training
+                              timing;
   utilisation                 3 x forward FLOPs x train images/s / matmul
-                              FLOP/s (the usual "model FLOPs" convention:
-                              recomputation does not count as useful work);
+                              FLOP/s, the larger of the two probes (the usual
+                              "model FLOPs" convention: recomputation does
+                              not count as useful work; `utilisation_executed`
+                              counts every FLOP the step runs);
   reconstruction error        'invertible' only: max relative error of the
                               step inputs the backward pass rebuilt
                               (memory_saving_gradients.reconstruction_error).
@@ -384,10 +388,12 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
 def trace_step(tf, trainer, x, y, lr):
     """One traced training step: time per op type, allocator peak, XLA clusters."""
     opts = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE, output_partition_graphs=True)
-    for _ in range(2):  # the first run of a new fetch set builds (and XLA-compiles) its executor
-        md = tf.RunMetadata()
-        trainer.sess.run(trainer.opt.train_op, {trainer.x: x, trainer.y: y, trainer.lr: lr},
-                         options=opts, run_metadata=md)
+    md = tf.RunMetadata()
+    # The fetches and feeds of Trainer.train_step, so that the session reuses
+    # that step's executor (a new one would be built, and XLA-compiled, here).
+    trainer.sess.run([trainer.opt.train_op, trainer.opt.grads_finite, trainer.train_stats],
+                     {trainer.x: x, trainer.y: y, trainer.lr: lr, trainer.loss_scale: 1.0},
+                     options=opts, run_metadata=md)
     by_type, peak = {}, None
     names = {}
     for g in md.partition_graphs:
@@ -432,7 +438,10 @@ def worker(spec):
     out["data"] = spec["problem"] or "uniform uint8 noise"
     cfg = trainer_config(spec, n_y)
     backend = runtime.make_backend("none", "cpu")
+    # The yardstick never runs under XLA: with --tf_xla_cpu_global_jit in the
+    # environment even a session without global_jit_level would compile it.
     plain_config = runtime.session_config("cpu")
+    plain_config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.OFF
     t = time.time()
     trainer = trainer_lib.Trainer(cfg, backend, lambda graph: runtime.make_session("cpu", backend, graph=graph,
                                                                                    xla=spec["xla"]))
@@ -469,13 +478,15 @@ def worker(spec):
     out["matmul_flops_per_sec"] = {"median_before": mm_before[0], "median_after": mm_after[0],
                                    "best": max(mm_before[1], mm_after[1])}
 
-    if spec["profile"] or spec["xla"]:
-        by_type, by_layer, peak, clusters = trace_step(tf, trainer, x, y, lr)
-        if spec["profile"]:
-            out["op_time_share_top15"] = by_type
-            out["op_time_share_by_layer_top25"] = by_layer
-        out["allocator_peak_mib"] = None if peak is None else round(peak / 2.0 ** 20, 1)
-        out["xla_clusters"] = clusters
+    # A traced step (after the RSS figure above): allocator peak, XLA clusters
+    # and, with --profile, the time per op type.
+    by_type, by_layer, peak, clusters = trace_step(tf, trainer, x, y, lr)
+    if spec["profile"]:
+        out["op_time_share_top15"] = by_type
+        out["op_time_share_by_layer_top25"] = by_layer
+    # XLA's compiled clusters allocate outside what the trace reports.
+    out["allocator_peak_mib"] = None if peak is None or spec["xla"] else round(peak / 2.0 ** 20, 1)
+    out["xla_clusters"] = clusters
     if spec["eval_steps"]:
         trainer.eval_sums([(x, y)])
         seconds = timed(lambda: trainer.eval_sums([(x, y)]), spec["eval_steps"])
@@ -490,7 +501,9 @@ def worker(spec):
         out["reconstruction_error"] = reconstruction_error(tf, trainer, spec, cfg, x, y)
     # Last: the extra graphs must not count in the peaks above.
     out["forward_flops_per_image"], out["executed_flops_per_image"] = count_flops(tf, cfg, batch)
-    matmul = 0.5 * (mm_before[0] + mm_after[0])
+    # The larger of the two medians: a probe that happened to share the CPU
+    # with something else must not inflate the ratio.
+    matmul = max(mm_before[0], mm_after[0])
     out["achieved_model_flops_per_sec"] = 3.0 * out["forward_flops_per_image"] * out["train_images_per_sec"]
     out["utilisation"] = round(out["achieved_model_flops_per_sec"] / matmul, 4)
     out["utilisation_executed"] = round(out["executed_flops_per_image"] * out["train_images_per_sec"] / matmul, 4)

@@ -59,12 +59,18 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
     forward = total - edge + edge // batch
     assert plain["forward_flops_per_image"] == forward == inv["forward_flops_per_image"]
     # Plain backprop runs each conv three times (forward, input and filter
-    # gradients); invertible backprop adds the flow's inverse and its
-    # recomputation (everything but the split priors, outside the flow).
+    # gradients); invertible backprop adds each coupling network once (its
+    # evaluation in the backward pass serves the inverse and the gradient)
+    # and each 1x1 conv twice (inverted, then recomputed from the rebuilt
+    # input): the flow's forward FLOPs (not the split priors, outside the
+    # flow) plus its 1x1 convs once more.
     assert plain["executed_flops_per_image"] == 3 * (total - edge) + 2 * edge // batch
-    total0, edge0 = glow_forward_flops(**dict(bench.CONFIGS["tiny"], depth=0))
+    cfg = bench.CONFIGS["tiny"]
+    total0, edge0 = glow_forward_flops(**dict(cfg, depth=0))
     flow = forward - (total0 - edge0 + edge0 // batch)
-    assert inv["executed_flops_per_image"] == plain["executed_flops_per_image"] + 2 * flow
+    side, n_c = cfg["image_shape"][0] // 2, cfg["image_shape"][2] * 4
+    invconvs = cfg["depth"] * sum(2 * (side >> level) ** 2 * (n_c << level) ** 2 for level in range(cfg["n_levels"]))
+    assert inv["executed_flops_per_image"] == plain["executed_flops_per_image"] + flow + invconvs
 
     for r in (plain, inv):
         assert r["train_images_per_sec"] > 0 and r["eval_images_per_sec"] > 0 and r["sample_images_per_sec"] > 0

@@ -1,6 +1,8 @@
 """runtime.py: session configs, backend choice, and the wiring of the Horovod
 and HCCL collectives, checked against fake horovod / npu_bridge modules put
 in sys.modules (neither can be installed here)."""
+import os
+import subprocess
 import sys
 import types
 
@@ -9,6 +11,8 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import runtime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 tf.disable_v2_behavior()
 
@@ -152,6 +156,29 @@ def test_xla_and_threads():
     assert runtime.session_config("cpu").graph_options.optimizer_options.global_jit_level == 0
     with pytest.raises(ValueError, match="npu"):
         runtime.session_config("npu", xla=True)
+
+
+XLA_PROBE = """
+import runtime, tensorflow.compat.v1 as tf
+tf.disable_eager_execution()
+x = tf.placeholder(tf.float32, [16, 16])
+y = tf.reduce_sum(tf.nn.relu(tf.matmul(x, x) * 2.0 + 1.0))
+with runtime.make_session("cpu", runtime.make_backend("none", "cpu"), xla=%s) as sess:
+    md = tf.RunMetadata()
+    sess.run(y, {x: [[0.5] * 16] * 16}, options=tf.RunOptions(output_partition_graphs=True), run_metadata=md)
+print(sum(n.op in ("_XlaRun", "XlaRun") for g in md.partition_graphs for n in g.node))
+"""
+
+
+@pytest.mark.parametrize("xla,clustered", [(True, True), (False, False)])
+def test_cpu_xla_compiles_clusters(xla, clustered):
+    """--xla on cpu makes XLA clusters (global_jit_level alone does not on
+    CPU); without it, none. A fresh process each: TF reads its XLA flags once."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_XLA_FLAGS", None)
+    out = subprocess.check_output([sys.executable, "-c", XLA_PROBE % xla], cwd=ROOT, env=env,
+                                  universal_newlines=True)
+    assert (int(out.split()[-1]) > 0) == clustered, out
 
 
 @pytest.mark.parametrize("kwargs,named", [
