@@ -377,11 +377,13 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
         params = tf.trainable_variables()
         memory_saving_gradients.gradients(loss, params, mode="invertible")
         error = memory_saving_gradients.reconstruction_error(loss)
-        feeds = {v: values[v.op.name] for v in params}
+        # One assign op for all weights: a session run per variable (v.load)
+        # builds an executor each, minutes on the paper's model.
+        holders = [tf.placeholder(v.dtype.base_dtype, v.get_shape()) for v in params]
+        load = tf.group(*[v.assign(h) for v, h in zip(params, holders)])
         with tf.Session(graph=graph) as sess:
             sess.run(tf.global_variables_initializer())
-            for v, value in feeds.items():
-                v.load(value, sess)
+            sess.run(load, {h: values[v.op.name] for v, h in zip(params, holders)})
             return float(sess.run(error))
 
 
