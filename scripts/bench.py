@@ -43,9 +43,9 @@ Ratios against the plain graph of the same config and XLA setting
 (time per step, peak RSS) are added to the summary. With --profile, a traced
 training step gives the time per op type (top 15).
 
-XLA: on CPU, TensorFlow ignores the session's global_jit_level unless
-TF_XLA_FLAGS contains --tf_xla_cpu_global_jit; the worker sets it for --xla 1
-runs and reports how many XLA clusters the step's graph has.
+XLA: --xla 1 runs make the trainer's session as train.py --xla does
+(runtime.make_session, which enables CPU auto-clustering); the worker reports
+how many XLA clusters the step's graph has.
 """
 import argparse
 import json
@@ -166,9 +166,6 @@ def run_all(args):
 
 def run_worker(spec, timeout):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    if spec["xla"]:
-        flags = env.get("TF_XLA_FLAGS", "")
-        env["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     try:

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""RSS of one process at each stage of setting up and training Glow, and
+where the graph's ops are: the diagnosis behind docs/BENCHMARKS.md's "Where
+the memory goes".
+
+    python scripts/memory_stages.py --depth 8 --mode recompute [--grappler_off]
+
+Builds the trainer of bench.py's `cifar` config at --depth (uniform noise,
+batch 64), then prints one JSON line: peak RSS (ru_maxrss) and current RSS
+after the imports, the graph build, data-dependent init and two training
+steps; the number of ops, the GraphDef size and the ops per top-level name
+scope.
+"""
+import argparse
+import collections
+import json
+import os
+import resource
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
+
+import bench  # noqa: E402
+import runtime  # noqa: E402
+import trainer as trainer_lib  # noqa: E402
+
+
+def rss_mib():
+    """(peak, current) RSS in MiB."""
+    with open("/proc/self/statm") as f:
+        current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1), round(current / 2.0 ** 20, 1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--mode", default="recompute", choices=bench.MODES)
+    p.add_argument("--grappler_off", action="store_true", help="disable Grappler's meta optimizer")
+    args = p.parse_args()
+    tf.disable_v2_behavior()
+    tf.logging.set_verbosity(tf.logging.ERROR)
+    stages = collections.OrderedDict(imports=rss_mib())
+    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth), mode=args.mode, xla=False)
+    cfg = bench.trainer_config(spec, 10)
+
+    def make_session(graph):
+        config = runtime.session_config("cpu")
+        config.graph_options.rewrite_options.disable_meta_optimizer = args.grappler_off
+        return tf.Session(graph=graph, config=config)
+
+    trainer = trainer_lib.Trainer(cfg, runtime.make_backend("none", "cpu"), make_session)
+    stages["graph_built"] = rss_mib()
+    ops = trainer.graph.get_operations()
+    batch = spec["config"]["batch"]
+    x = np.random.RandomState(0).randint(0, 256, [batch] + list(cfg.image_shape)).astype(np.uint8)
+    y = np.zeros([batch], np.int32)
+    trainer.initialize(x, y)
+    stages["after_init"] = rss_mib()
+    for step in (1, 2):
+        trainer.train_step(x, y, 1e-4)
+        stages["after_step_%d" % step] = rss_mib()
+    print(json.dumps(dict(
+        depth=args.depth, mode=args.mode, grappler_off=args.grappler_off,
+        rss_mib_peak_current=stages, n_ops=len(ops),
+        graphdef_mib=round(trainer.graph.as_graph_def().ByteSize() / 2.0 ** 20, 1),
+        ops_by_scope=collections.Counter(op.name.split("/")[0] for op in ops).most_common(12))))
+
+
+if __name__ == "__main__":
+    main()
