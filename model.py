@@ -205,6 +205,11 @@ class Glow(object):
         x = self.preprocess(x_uint8)
         if dequantize:
             x = self.dequantize(x)
+        return self.stats(x, y, custom_getter, checkpointing)[0]
+
+    def stats(self, x, y, custom_getter=None, checkpointing="none"):
+        """`losses` of preprocessed (and dequantised) data x [B,H,W,C], and the
+        Encoding they come from: (dict of per-example tensors, Encoding)."""
         enc = self.encode(x, y, custom_getter, checkpointing)
         # Discretisation: a density on bins of width 1/n_bins in each of D dims.
         objective = enc.objective - np.log(self.n_bins) * self.n_dims
@@ -226,7 +231,7 @@ class Glow(object):
             "bits_y": bits_y,
             "loss": bits_x + self.weight_y * bits_y,
             "pred_error": pred_error,
-        }
+        }, enc
 
     def init_op(self, x_uint8, y):
         """Data-dependent initialisation (paper 3.1): one pass over a batch that

@@ -17,8 +17,8 @@ Ba's Adamax (Algorithm 2) has none: this is a port, the numbers must match.
 Where this port deliberately differs from the original, and why:
   * The caller passes beta2 (glow: 1 - 1/(train_its*polyak_epochs)) and
     already all-reduced gradients: this module reads no config and no ranks.
-  * One step is a single `tf.cond`: a step whose gradients (or loss) are not
-    finite changes no weight, moment, t or average, and only counts itself
+  * One step is a single session call: a step whose gradients (or loss) are
+    not finite changes no weight, moment, t or average, and only counts itself
     in `n_skipped`. One NaN batch used to poison the Adam moments for good.
   * The average is taken of the weights *after* this step's update. glow
     grouped the average op beside the updates with no ordering, so it read
@@ -34,6 +34,12 @@ Where this port deliberately differs from the original, and why:
     Here every state variable is non-trainable and named
     `<scope>/<param op name>/{m1,m2,ema}`, `<scope>/t`, `<scope>/n_skipped`:
     names are checkpoint keys.
+  * Fewer ops per param (about 25, glow's graph had twice that): every op
+    costs memory in the graph and in each session that holds it
+    (docs/BENCHMARKS.md), and the paper's model has about 300 params.
+    Concatenating all params into one update would cut further, but its
+    temporaries (a few copies of every weight at once) cost more than the
+    ops it saves.
 """
 import collections
 import math
@@ -99,14 +105,19 @@ def _slot(param, suffix, initializer, dtype=None):
         trainable=False, use_resource=True)
 
 
+def _select(apply, new, old):
+    """new where the bool scalar `apply` is true, else old; new if apply is None."""
+    return new if apply is None else tf.where(apply, new, old)
+
+
 class Polyak(object):
     """Exponential moving average of params (Polyak & Juditsky 1992).
 
     Build with `polyak(params, decay)`. Attributes:
       params, variables: the params and their averages, in the same order.
       apply: op `avg := decay*avg + (1 - decay)*param` for every param, reading
-        the params when it runs. `make_train_op` does not use it: it builds its
-        own update from the new weights inside its step.
+        the params when it runs; built on first use. `make_train_op` does not
+        use it: it builds its own update from the new weights inside its step.
       seed_op: op `avg := param`. Run it once after initialisation (and after
         the data-dependent init), so the average starts at the weights the
         model actually starts from.
@@ -128,10 +139,16 @@ class Polyak(object):
                 self.variables.append(avg)
                 self._by_name[p.name] = avg
         with tf.name_scope("polyak_seed"):
-            self.seed_op = tf.group(*[a.assign(p.read_value(), read_value=False)
+            self.seed_op = tf.group(*[a.assign(p.value(), read_value=False)
                                       for p, a in zip(self.params, self.variables)])
-        with tf.name_scope("polyak_apply"):
-            self.apply = self.update([p.read_value() for p in self.params])
+        self._apply = None
+
+    @property
+    def apply(self):
+        if self._apply is None:
+            with tf.name_scope("polyak_apply"):
+                self._apply = self.update([p.read_value() for p in self.params])
+        return self._apply
 
     def update(self, values):
         """Op moving every average towards `values` (tensors aligned with params).
@@ -146,7 +163,7 @@ class Polyak(object):
         ops = []
         for avg, v in zip(self.variables, values):
             d = tf.constant(self.decay, avg.dtype.base_dtype)
-            ops.append(avg.assign(d * avg.read_value() + (1.0 - d) * v, read_value=False))
+            ops.append(avg.assign(d * avg.value() + (1.0 - d) * v, read_value=False))
         return tf.group(*ops)
 
     def average(self, param):
@@ -202,8 +219,9 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
         warm-up). beta1 in [0, 1) (0: no first moment); beta2 in (0, 1).
     weight_decay: multiplicative, in (0, 1]; 1.0 is off (glow's convention).
     skip_nonfinite: if any gradient or `loss` (optional tensor) is NaN/inf, the
-        step changes nothing but `n_skipped`; decided in the graph by tf.cond,
-        so a step is still one session call.
+        step changes nothing but `n_skipped`; decided in the graph (every
+        state variable gets its old value back), so a step is still one
+        session call.
     polyak_decay: decay of the average; None uses beta2, as glow does.
     scope: variable scope of the optimizer state (checkpoint keys).
     Returns a `TrainOp`.
@@ -256,52 +274,53 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
         if loss is not None:
             checks.append(tf.reduce_all(tf.is_finite(loss)))
         grads_finite = tf.reduce_all(tf.stack(checks), name="grads_finite")
+        # A skipped step writes every state variable's old value back (a
+        # select per variable): a tf.cond would add a Switch and an Identity
+        # per variable it touches, and every op costs memory in the graph and
+        # in each session holding it (docs/BENCHMARKS.md).
+        apply = grads_finite if skip_nonfinite else None
 
-        def apply_step():
-            t = step.read_value()
-            lr32 = tf.cast(lr, tf.float32)
-            alpha32 = lr32 * tf.sqrt(_bias_correction(beta2, t)) / _bias_correction(beta1, t)
-            alphas = {}  # alpha_t per param dtype, computed in float32 (see above)
-            updates, new_weights = [], []
-            for p, g, m1, m2 in zip(params, dense, m1s, m2s):
-                dtype = p.dtype.base_dtype
-                if dtype not in alphas:
-                    alphas[dtype] = tf.cast(alpha32, dtype)
-                b1, b2 = tf.constant(beta1, dtype), tf.constant(beta2, dtype)
-                if m1 is None:
-                    m1_new = g
-                else:
-                    m1_new = b1 * m1.read_value() + (1.0 - b1) * g
-                    updates.append(m1.assign(m1_new, read_value=False))
-                if name == "adam":
-                    m2_new = b2 * m2.read_value() + (1.0 - b2) * tf.square(g)
-                    delta = m1_new / (tf.sqrt(m2_new) + tf.constant(epsilon, dtype))
-                else:
-                    m2_new = tf.maximum(b2 * m2.read_value(), tf.abs(g))
-                    delta = m1_new / (m2_new + tf.constant(epsilon, dtype))
-                updates.append(m2.assign(m2_new, read_value=False))
-                w_new = tf.constant(weight_decay, dtype) * p.read_value() - alphas[dtype] * delta
-                updates.append(p.assign(w_new, read_value=False))
-                new_weights.append(w_new)
+        t = step.read_value()
+        lr32 = tf.cast(lr, tf.float32)
+        alpha32 = lr32 * tf.sqrt(_bias_correction(beta2, t)) / _bias_correction(beta1, t)
+        consts = {}  # per param dtype: alpha_t (computed in float32, see above) and the betas
+        updates = []
+        for p, g, m1, m2, avg in zip(params, dense, m1s, m2s, ema.variables):
+            dtype = p.dtype.base_dtype
+            if dtype not in consts:
+                consts[dtype] = [tf.cast(alpha32, dtype)] + [tf.constant(c, dtype) for c in (
+                    beta1, 1.0 - beta1, beta2, 1.0 - beta2, epsilon, weight_decay, ema.decay, 1.0 - ema.decay)]
+            alpha, b1, one_b1, b2, one_b2, eps, wd, d, one_d = consts[dtype]
+            if m1 is None:
+                m1_new = g
+            else:
+                m1_old = m1.value()
+                m1_new = b1 * m1_old + one_b1 * g
+                updates.append(m1.assign(_select(apply, m1_new, m1_old), read_value=False))
+            m2_old = m2.value()
+            if name == "adam":
+                m2_new = b2 * m2_old + one_b2 * tf.square(g)
+                delta = m1_new / (tf.sqrt(m2_new) + eps)
+            else:
+                m2_new = tf.maximum(b2 * m2_old, tf.abs(g))
+                delta = m1_new / (m2_new + eps)
+            updates.append(m2.assign(_select(apply, m2_new, m2_old), read_value=False))
+            w_old = p.value()
+            w_new = wd * w_old - alpha * delta
+            updates.append(p.assign(_select(apply, w_new, w_old), read_value=False))
             # The average takes this step's new weights as data, so it cannot
             # race the assignments above.
-            updates.append(ema.update(new_weights))
-            # t was read for alpha_t, which every weight update consumes; only
-            # after those may t advance.
-            with tf.control_dependencies(updates):
-                inc = step.assign_add(1.0, read_value=False)
-            with tf.control_dependencies([inc]):
-                return tf.identity(grads_finite)
-
-        def skip_step():
-            inc = n_skipped.assign_add(tf.constant(1, tf.int64), read_value=False)
-            with tf.control_dependencies([inc]):
-                return tf.identity(grads_finite)
-
-        if skip_nonfinite:
-            done = tf.cond(grads_finite, apply_step, skip_step)
-        else:
-            done = apply_step()
-        train_op = tf.group(done, name="train_op")
+            avg_old = avg.value()
+            updates.append(avg.assign(_select(apply, d * avg_old + one_d * w_new, avg_old), read_value=False))
+        # t was read for alpha_t, which every weight update consumes; only
+        # after those may t advance.
+        with tf.control_dependencies(updates):
+            if apply is None:
+                counted = [step.assign_add(1.0, read_value=False)]
+            else:
+                counted = [step.assign_add(tf.cast(apply, tf.float32), read_value=False),
+                           n_skipped.assign_add(1 - tf.cast(apply, tf.int64), read_value=False)]
+        with tf.control_dependencies(counted):
+            train_op = tf.identity(grads_finite, name="train_op").op
     return TrainOp(train_op=train_op, step=step, slots=slots, n_skipped=n_skipped,
                    grads_finite=grads_finite, ema=ema)

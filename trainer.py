@@ -80,17 +80,20 @@ class Trainer(object):
         self.train_stats = self._mean_stats(stats)
         ema = self.opt.ema.ema_getter
 
-        eval_stats = glow.losses(self.x_test, self.y_test, custom_getter=ema)
+        # One encoding of the test batch serves evaluation (dequantised, the
+        # default) and `encode` (at the centre of each bin: deterministic, and
+        # decoding it must give back the same integers). Each copy of the
+        # flow in the graph costs memory (docs/BENCHMARKS.md).
+        self.dequantize_test = tf.placeholder_with_default(True, [], name="dequantize_test")
+        x_test = glow.preprocess(self.x_test)
+        x_test = tf.where(self.dequantize_test, glow.dequantize(x_test), x_test + 0.5 / glow.n_bins)
+        eval_stats, enc = glow.stats(x_test, self.y_test, custom_getter=ema)
         self.eval_per_example = [eval_stats["loss"], eval_stats["bits_x"], eval_stats["bits_y"],
                                  eval_stats["pred_error"]]
 
         self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
         self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
 
-        # Encoding at the centre of each bin: deterministic, and decoding it
-        # must give back the same integers.
-        x_centre = glow.preprocess(self.x_test) + 0.5 / glow.n_bins
-        enc = glow.encode(x_centre, self.y_test, custom_getter=ema)
         n = tf.shape(self.x_test)[0]
         self.z_flat = tf.concat([tf.reshape(e, [n, -1]) for e in enc.eps], axis=1)
         self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y_test, custom_getter=ema))
@@ -104,7 +107,13 @@ class Trainer(object):
         self.broadcast = self.backend.broadcast_variables(tf.global_variables())
         self.global_init = tf.global_variables_initializer()
         self.saver = tf.train.Saver(max_to_keep=2, save_relative_paths=True)
-        self.best_saver = tf.train.Saver(max_to_keep=1, save_relative_paths=True)
+        # The best checkpoint's saver runs the same save/restore ops (a second
+        # Saver would build its own, a few per variable); only what it keeps
+        # on disk differs.
+        best_def = tf.train.SaverDef()
+        best_def.CopyFrom(self.saver.as_saver_def())
+        best_def.max_to_keep = 1
+        self.best_saver = tf.train.Saver(saver_def=best_def, save_relative_paths=True)
 
     def _mean_stats(self, stats):
         local = tf.stack([tf.reduce_mean(stats[k]) for k in ("loss", "bits_x", "bits_y", "pred_error")])
@@ -181,8 +190,9 @@ class Trainer(object):
 
     def encode(self, x, y):
         """(z [B, D] flattened eps of every level, x decoded back from z)."""
-        z, x_back = self.sess.run([self.z_flat, self.x_decoded],
-                                  self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test))
+        feed = self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test)
+        feed[self.dequantize_test] = False
+        z, x_back = self.sess.run([self.z_flat, self.x_decoded], feed)
         return z[:len(x)], x_back[:len(x)]
 
     def _padded(self, feed, batch):
