@@ -34,9 +34,9 @@ Where this port deliberately differs from the original, and why:
     Here every state variable is non-trainable and named
     `<scope>/<param op name>/{m1,m2,ema}`, `<scope>/t`, `<scope>/n_skipped`:
     names are checkpoint keys.
-  * Fewer ops per param (about 25, glow's graph had twice that): every op
-    costs memory in the graph and in each session that holds it
-    (docs/BENCHMARKS.md), and the paper's model has about 300 params.
+  * Few ops per param (about 30; with a tf.cond around the update it was
+    55): every op costs memory in the graph and in each session that holds
+    it (docs/BENCHMARKS.md), and the paper's model has about 1,200 params.
     Concatenating all params into one update would cut further, but its
     temporaries (a few copies of every weight at once) cost more than the
     ops it saves.

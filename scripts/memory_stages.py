@@ -6,7 +6,7 @@ the memory goes".
     python scripts/memory_stages.py --depth 8 --mode recompute [--grappler_off]
 
 Builds the trainer of bench.py's `cifar` config at --depth (uniform noise,
-batch 64), then prints one JSON line: peak RSS (ru_maxrss) and current RSS
+batch 64 or --batch), then prints one JSON line: peak RSS (ru_maxrss) and current RSS
 after the imports, the graph build, data-dependent init and two training
 steps; the number of ops, the GraphDef size and the ops per top-level name
 scope.
@@ -42,11 +42,13 @@ def main():
     p.add_argument("--depth", type=int, default=8)
     p.add_argument("--mode", default="recompute", choices=bench.MODES)
     p.add_argument("--grappler_off", action="store_true", help="disable Grappler's meta optimizer")
+    p.add_argument("--batch", type=int, default=64, help="training (and init) batch size")
     args = p.parse_args()
     tf.disable_v2_behavior()
     tf.logging.set_verbosity(tf.logging.ERROR)
     stages = collections.OrderedDict(imports=rss_mib())
-    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth), mode=args.mode, xla=False)
+    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth, batch=args.batch),
+                mode=args.mode, xla=False)
     cfg = bench.trainer_config(spec, 10)
 
     def make_session(graph):
@@ -66,7 +68,7 @@ def main():
         trainer.train_step(x, y, 1e-4)
         stages["after_step_%d" % step] = rss_mib()
     print(json.dumps(dict(
-        depth=args.depth, mode=args.mode, grappler_off=args.grappler_off,
+        depth=args.depth, mode=args.mode, batch=batch, grappler_off=args.grappler_off,
         rss_mib_peak_current=stages, n_ops=len(ops),
         graphdef_mib=round(trainer.graph.as_graph_def().ByteSize() / 2.0 ** 20, 1),
         ops_by_scope=collections.Counter(op.name.split("/")[0] for op in ops).most_common(12))))

@@ -121,3 +121,31 @@ def test_fast_convolutions_compute_openai_glows_layers():
         for a, b in zip(ours_v, ref_v):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _json_line(script, *args):
+    """The JSON line a diagnostic script prints (its last line of stdout)."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", script)] + list(args)
+    done = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def test_graph_memory_counts_the_chain_and_every_stage():
+    report = _json_line("graph_memory.py", "--n_links", "20")
+    # 20 links of variable, multiply, add and ReLU, then their gradients.
+    assert report["n_ops"] > 20 * 8
+    stages = ["forward_built", "initialisers_run", "forward_run", "gradients_built", "gradients_run"]
+    assert list(report["rss_mib"]) == stages
+    assert all(report["rss_mib"][s] > 100 for s in stages)
+    assert list(report["mib_per_1000_ops"]) == stages
+
+
+def test_memory_stages_reports_each_stage_and_the_ops():
+    report = _json_line("memory_stages.py", "--depth", "1", "--batch", "2", "--mode", "invertible")
+    assert (report["depth"], report["batch"], report["mode"]) == (1, 2, "invertible")
+    assert list(report["rss_mib_peak_current"]) == ["imports", "graph_built", "after_init", "after_step_1",
+                                                    "after_step_2"]
+    for peak, current in report["rss_mib_peak_current"].values():
+        assert 0 < current <= peak + 1
+    scopes = dict(report["ops_by_scope"])
+    assert sum(scopes.values()) <= report["n_ops"] and "gradients" in scopes
