@@ -150,20 +150,26 @@ class Polyak(object):
                 self._apply = self.update([p.read_value() for p in self.params])
         return self._apply
 
-    def update(self, values):
+    def update(self, values, apply=None):
         """Op moving every average towards `values` (tensors aligned with params).
 
-        Built in the caller's context (e.g. inside a tf.cond branch), so the
-        caller decides when it runs and which weights it sees.
+        Built in the caller's context, so the caller decides when it runs and
+        which weights it sees. With a bool scalar tensor `apply`, the averages
+        keep their values when it is false.
         """
         values = list(values)
         if len(values) != len(self.params):
             raise ValueError("Polyak.update: got %d values for %d params"
                              % (len(values), len(self.params)))
         ops = []
+        decays = {}  # per dtype: decay and 1 - decay, one constant each
         for avg, v in zip(self.variables, values):
-            d = tf.constant(self.decay, avg.dtype.base_dtype)
-            ops.append(avg.assign(d * avg.value() + (1.0 - d) * v, read_value=False))
+            dtype = avg.dtype.base_dtype
+            if dtype not in decays:
+                decays[dtype] = (tf.constant(self.decay, dtype), tf.constant(1.0 - self.decay, dtype))
+            d, one_d = decays[dtype]
+            old = avg.value()
+            ops.append(avg.assign(_select(apply, d * old + one_d * v, old), read_value=False))
         return tf.group(*ops)
 
     def average(self, param):
@@ -284,13 +290,13 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
         lr32 = tf.cast(lr, tf.float32)
         alpha32 = lr32 * tf.sqrt(_bias_correction(beta2, t)) / _bias_correction(beta1, t)
         consts = {}  # per param dtype: alpha_t (computed in float32, see above) and the betas
-        updates = []
-        for p, g, m1, m2, avg in zip(params, dense, m1s, m2s, ema.variables):
+        updates, new_weights = [], []
+        for p, g, m1, m2 in zip(params, dense, m1s, m2s):
             dtype = p.dtype.base_dtype
             if dtype not in consts:
                 consts[dtype] = [tf.cast(alpha32, dtype)] + [tf.constant(c, dtype) for c in (
-                    beta1, 1.0 - beta1, beta2, 1.0 - beta2, epsilon, weight_decay, ema.decay, 1.0 - ema.decay)]
-            alpha, b1, one_b1, b2, one_b2, eps, wd, d, one_d = consts[dtype]
+                    beta1, 1.0 - beta1, beta2, 1.0 - beta2, epsilon, weight_decay)]
+            alpha, b1, one_b1, b2, one_b2, eps, wd = consts[dtype]
             if m1 is None:
                 m1_new = g
             else:
@@ -308,10 +314,10 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
             w_old = p.value()
             w_new = wd * w_old - alpha * delta
             updates.append(p.assign(_select(apply, w_new, w_old), read_value=False))
-            # The average takes this step's new weights as data, so it cannot
-            # race the assignments above.
-            avg_old = avg.value()
-            updates.append(avg.assign(_select(apply, d * avg_old + one_d * w_new, avg_old), read_value=False))
+            new_weights.append(w_new)
+        # The average takes this step's new weights as data, so it cannot
+        # race the assignments above.
+        updates.append(ema.update(new_weights, apply))
         # t was read for alpha_t, which every weight update consumes; only
         # after those may t advance.
         with tf.control_dependencies(updates):

@@ -6,8 +6,8 @@ measurement behind docs/BENCHMARKS.md's "Where the memory goes".
 
 Builds a chain of tiny ops (a variable, a multiply, an add and a ReLU per
 link, 16 graph ops with the variable's own; on [4, 8] tensors: no
-activation memory to speak of), then a gradient
-graph of the chain, and prints one JSON line: the number of ops and the RSS
+activation memory to speak of), then a gradient graph of the chain, and
+prints one JSON line: the number of ops and the RSS
 (MiB) after the imports, after building, after running the initialisers (the
 session's first run), after running the chain forward, after building and
 after running its gradients, and the MiB per thousand ops of each step.
