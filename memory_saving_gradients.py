@@ -33,6 +33,10 @@ reuse=True: same variables (the model's scope makes resource variables, which
 `tf.custom_gradient` requires), and a custom getter collects the values it
 reads so that the variables' gradients come from the recomputed copy alone.
 
+`looped_flow` does the same for a level whose steps run as one
+tf.while_loop (`Glow(loop_steps=True)`): the backward pass is a second loop
+over the same per-step code (`_step_backward`).
+
 The graph must be built for the mode (`Glow.losses(..., checkpointing=mode)`)
 and `gradients(loss, params, mode)` checks that it was: a mismatch would
 silently keep all activations, or wrap steps that nobody asked to wrap.
@@ -70,6 +74,8 @@ class _Flow(object):
         self.forward_ops = []
         self.step_inputs = []
         self.backward_inputs = {}
+        self.looped_inputs = None  # looped_flow: a function building both stacks of inputs
+        self.stacks = None  # looped_flow: the variables' stacks the loops index
 
 
 class CouplingStep(object):
@@ -138,11 +144,191 @@ def flow(steps, z, logdet, mode="none"):
     return z, logdet
 
 
+STEP_SCOPE = "step"
+
+
+class _StackedGetter(object):
+    """Custom getter for the body of `looped_flow`: the step's variable
+    `<scope>/step/<name>` is step i's, row i of stacks[name]: a stack of that
+    variable's values over the steps, or of their resource handles (then
+    read here, with dtypes[name] and shapes[name])."""
+
+    def __init__(self, prefix, stacks, like, i):
+        self.prefix = prefix
+        self.stacks = stacks
+        self.like = like
+        self.i = i
+
+    def __call__(self, getter, name, *args, **kwargs):
+        key = name[len(self.prefix):] if name.startswith(self.prefix) else None
+        if key not in self.stacks:
+            raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
+                             % (name, ", ".join(sorted(self.stacks)), self.prefix))
+        row = tf.gather(self.stacks[key], self.i)
+        if row.dtype != tf.resource:
+            return row
+        dtype, shape = self.like[key]
+        value = tf.raw_ops.ReadVariableOp(resource=row, dtype=dtype)
+        value.set_shape(shape)
+        return value
+
+
+def _is_resource_variable(v):
+    return hasattr(v, "handle") and getattr(v.handle, "dtype", None) == tf.resource
+
+
+def _loop(n, body, loop_vars, backwards=False, back_prop=True):
+    """for i in range(n) (or reversed): loop_vars = body(i, *loop_vars), as
+    one tf.while_loop; returns the final loop_vars. One iteration at a time:
+    iterations overlapping would hold several steps' internals at once."""
+    def cond(i, *_):
+        return i >= 0 if backwards else i < n
+
+    def advance(i, *values):
+        return [i - 1 if backwards else i + 1] + list(body(i, *values))
+
+    start = tf.constant(n - 1 if backwards else 0)
+    return tf.while_loop(cond, advance, [start] + list(loop_vars), back_prop=back_prop, parallel_iterations=1)[1:]
+
+
+def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=False):
+    """`depth` flow steps as one tf.while_loop over a single copy of the step:
+    z, logdet -> z, logdet, with the gradient of `mode` (reverse: the steps'
+    inverses, last to first; mode 'none' only).
+
+    The graph then holds one step's ops per level instead of `depth` copies,
+    and in TF graph mode memory follows the ops (docs/BENCHMARKS.md). The steps
+    keep their own variables (their names are checkpoint keys): step(z,
+    logdet, reverse) builds its ops and gets its variables under variable
+    scope `STEP_SCOPE` in the current one, and iteration i reads each
+    variable `STEP_SCOPE/<name>` as step i's: params[name] (the trainable
+    float variables, differentiated) or constants[name] (the others) lists
+    that variable of each step, 0 to depth-1 (resource variables, or
+    tensors of their values).
+
+    'none' differentiates through the loop (TF keeps every iteration's
+    activations); 'recompute' keeps each step's input in a TensorArray and
+    'invertible' only the level's output, and the backward pass is a second
+    loop, last step to first, that recomputes (or rebuilds, then recomputes)
+    each step and writes its variables' gradients to TensorArrays, as `flow`
+    does step by step."""
+    effective_mode(mode)
+    if reverse and mode != "none":
+        raise ValueError("looped_flow: reverse=True is inference only; got mode %r" % mode)
+    variables = dict(params, **constants)
+    for name, steps in variables.items():
+        if len(steps) != depth:
+            raise ValueError("looped_flow: %d variables %s for depth %d" % (len(steps), name, depth))
+    scope = tf.get_variable_scope()
+    prefix = scope.name + "/" + STEP_SCOPE + "/"
+    names = sorted(params)
+    like = {name: (steps[0].dtype.base_dtype, steps[0].get_shape()) for name, steps in variables.items()}
+    # Where no gradient flows through the loop, it reads the variables by
+    # their stacked resource handles, which copies no weight: a stack of
+    # values would hold a second copy of the level's weights for the step.
+    by_handle = all(_is_resource_variable(v) for steps in variables.values() for v in steps)
+
+    def stack(steps, by_handle):
+        if by_handle:
+            return tf.stack([v.handle for v in steps])  # [depth] resource handles
+        return tf.stack([tf.convert_to_tensor(v) for v in steps])  # [depth, ...]
+
+    fixed = {name: stack(steps, by_handle) for name, steps in constants.items()}
+
+    def in_step(i, stacks):
+        """The variable scope in which the step's variables are step i's."""
+        getter = _StackedGetter(prefix, dict(stacks, **fixed), like, i)
+        return tf.variable_scope(scope, reuse=True, custom_getter=getter, auxiliary_name_scope=False)
+
+    def forward(z, logdet, stacks, back_prop, kept=None, backwards=False):
+        """The steps from z (last to first for backwards, inverted); kept: a
+        TensorArray that gets each step's input."""
+        def body(i, z, logdet, *kept):
+            kept = [ta.write(i, z) for ta in kept]
+            with in_step(i, stacks):
+                z, logdet = step(z, logdet, backwards)
+            return [z, logdet] + kept
+
+        out = _loop(depth, body, [z, logdet] + ([kept] if kept is not None else []), backwards, back_prop)
+        return out if kept is not None else out + [None]
+
+    if mode == "none":
+        # Forward: differentiable, tf.stack's gradient gives each variable its
+        # row. Reverse (decoding) is never differentiated.
+        stacks = {name: stack(params[name], by_handle and reverse) for name in names}
+        return tuple(forward(z, logdet, stacks, True, backwards=reverse)[:2])
+
+    record = _Flow(mode, scope.name)
+    z_in = z
+    # The custom gradient's inputs are the variables' reads, so that the
+    # gradients it returns reach the variables; the loops index the stacks.
+    reads = [tf.convert_to_tensor(v) for name in names for v in params[name]]
+    handles = {name: stack(params[name], True) for name in names} if by_handle else None
+
+    @tf.custom_gradient
+    def checkpointed(z, logdet, *reads):
+        # The gradients go to the reads straight from the TensorArrays the
+        # backward loop writes (no stacked copy of every gradient).
+        stacks = handles or {name: tf.stack(reads[k * depth:(k + 1) * depth]) for k, name in enumerate(names)}
+        inputs = tf.TensorArray(z.dtype, size=depth, element_shape=z.get_shape()) if mode == "recompute" else None
+        z_out, logdet, inputs = forward(z, logdet, stacks, False, inputs)
+
+        def grad_fn(dz, dlogdet, variables=None):
+            # TF 2.x lists the variables behind the stacked handles; their
+            # gradients go to `reads` instead.
+            wanted = set(prefix + name for name in names)
+
+            def body(i, z_next, dz, *grad_arrays):
+                kept = inputs.read(i) if mode == "recompute" else None
+                with in_step(i, stacks) as step_scope:
+                    z_next, dz, grads = _step_backward(step, step_scope, mode, kept, z_next, dz, dlogdet, wanted)
+                written = []
+                for name, ta in zip(names, grad_arrays):
+                    g = _sum(grads.get(prefix + name))
+                    if g is None:
+                        g = tf.zeros(like[name][1], like[name][0])
+                    written.append(ta.write(i, g))
+                return [z_next, dz] + written
+
+            grad_arrays = [tf.TensorArray(like[name][0], size=depth, element_shape=like[name][1]) for name in names]
+            out = _loop(depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
+            # d logdet_in = d logdet_out: each step adds to the log-det it is given.
+            grads = [out[1], dlogdet] + [ta.read(i) for ta in out[2:] for i in range(depth)]
+            return (grads, [None] * len(variables)) if variables else grads
+
+        record.stacks = stacks
+        return (z_out, logdet), grad_fn
+
+    z, logdet = checkpointed(z, logdet, *reads)
+    record.op = z.op
+    assert z.op.type == "IdentityN" and logdet.op is z.op, "tf.custom_gradient changed: expected one IdentityN"
+
+    def inputs_both_ways():
+        """[depth, ...] stacks of each step's input from the forward pass, and
+        as the backward pass has it (the same tensors for 'recompute'; the
+        steps' inverses from the level's output for 'invertible')."""
+        def arrays():
+            return tf.TensorArray(z_in.dtype, size=depth, element_shape=z_in.get_shape())
+
+        forward_inputs = forward(z_in, logdet, record.stacks, False, arrays())[2].stack()
+        if mode == "recompute":
+            return forward_inputs, forward_inputs
+        rebuilt = forward(record.op.inputs[0], logdet, record.stacks, False, arrays(), backwards=True)
+        # Written before each inverse: row i is step i's output, step i+1's
+        # input; step 0's input is what the last inverse returns.
+        outputs = rebuilt[2].stack()
+        return forward_inputs, tf.concat([rebuilt[0][None], outputs[:-1]], axis=0)
+
+    record.looped_inputs = inputs_both_ways
+    tf.add_to_collection(_COLLECTION, record)
+    return z, logdet
+
+
 class _ReadCollector(object):
     """A custom getter that passes every variable read through a new identity
-    op and remembers it by variable name, so that tf.gradients can stop at the
-    reads of one recomputed step instead of walking every use of the
-    variable's handle in the whole graph."""
+    op and remembers it by the name it was asked for (a variable's op name),
+    so that tf.gradients can stop at the reads of one recomputed step instead
+    of walking every use of the variable's handle in the whole graph."""
 
     def __init__(self):
         self.reads = collections.OrderedDict()
@@ -150,7 +336,7 @@ class _ReadCollector(object):
     def __call__(self, getter, name, *args, **kwargs):
         value = getter(name, *args, **kwargs)
         read = tf.identity(tf.convert_to_tensor(value))
-        self.reads.setdefault(value.name, []).append(read)
+        self.reads.setdefault(name, []).append(read)
         return read
 
 
@@ -158,7 +344,7 @@ def _recompute(step, scope, z_in, dz, dlogdet, wanted):
     """Gradients of one step, by running it forward again from z_in.
 
     Returns (d z_in, {variable name: [gradient, ...]}) for the variables in
-    `wanted` (names)."""
+    `wanted` (op names)."""
     collector = _ReadCollector()
     with tf.variable_scope(scope, reuse=True, custom_getter=collector, auxiliary_name_scope=False):
         z_out, logdet_out = step(z_in, tf.zeros_like(dlogdet), False)
@@ -174,7 +360,7 @@ def _recompute(step, scope, z_in, dz, dlogdet, wanted):
 
 def _read_values(collector, wanted):
     """The variable reads a _ReadCollector saw, for the variables in `wanted`
-    (names): (names, reads), one name per read."""
+    (op names): (names, reads), one name per read."""
     pairs = [(k, r) for k in collector.reads if k in wanted for r in collector.reads[k]]
     return [k for k, _ in pairs], [r for _, r in pairs]
 
@@ -221,42 +407,50 @@ def _rebuild_coupling_step(step, scope, z_out, dz, dlogdet, wanted):
     return z_in, prefix_grads[0], by_name
 
 
+def _step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted):
+    """The backward pass through one step: returns (its input as the backward
+    pass has it, d input, {variable op name: [gradient, ...]}).
+
+    z_kept: the step's input kept by the forward pass ('recompute'); z_next:
+    its output, from which 'invertible' rebuilds the input. `scope` is the
+    variable scope whose variables the step reads."""
+    if mode == "invertible" and isinstance(step, CouplingStep):
+        return _rebuild_coupling_step(step, scope, z_next, dz, dlogdet, wanted)
+    # The control dependency holds this step's recomputation (and, for
+    # 'invertible', its inverse) back until the gradient of its output exists:
+    # the backward pass has reached it.
+    with tf.control_dependencies([dz]):
+        z_in = tf.identity(z_kept if mode == "recompute" else z_next)
+    if mode == "invertible":
+        with tf.variable_scope(scope, reuse=True, auxiliary_name_scope=False):
+            z_in, _ = step(z_in, tf.zeros_like(dlogdet), True)
+    # Gradients must flow only through the recomputed step, never back
+    # through the inverse that rebuilt its input.
+    z_in = tf.stop_gradient(z_in)
+    dz, grads = _recompute(step, scope, z_in, dz, dlogdet, wanted)
+    return z_in, dz, grads
+
+
+def _sum(grads):
+    """One tensor for a list of gradients of one variable (None for none)."""
+    return None if not grads else grads[0] if len(grads) == 1 else tf.add_n(grads)
+
+
 def _backward(steps, scope, record, z_out, dz, dlogdet, variables):
     """The custom gradient of `flow`: steps last to first, each recomputed from
     its kept ('recompute') or rebuilt ('invertible') input."""
-    trainable = set(v.name for v in tf.trainable_variables())
-    wanted = set(v.name for v in variables) & trainable
+    trainable = set(v.op.name for v in tf.trainable_variables())
+    wanted = set(v.op.name for v in variables) & trainable
     var_grads = collections.defaultdict(list)
     z_next = z_out
     for i in reversed(range(len(steps))):
-        if record.mode == "invertible" and isinstance(steps[i], CouplingStep):
-            z_in, dz, grads = _rebuild_coupling_step(steps[i], scope, z_next, dz, dlogdet, wanted)
-        else:
-            # The control dependency holds this step's recomputation (and, for
-            # 'invertible', its inverse) back until the gradient of its output
-            # exists: the backward pass has reached it.
-            with tf.control_dependencies([dz]):
-                if record.mode == "recompute":
-                    z_in = tf.identity(record.step_inputs[i])
-                else:
-                    z_held = tf.identity(z_next)
-            if record.mode == "invertible":
-                with tf.variable_scope(scope, reuse=True, auxiliary_name_scope=False):
-                    z_in, _ = steps[i](z_held, tf.zeros_like(dlogdet), True)
-            # Gradients must flow only through the recomputed step, never back
-            # through the inverse that rebuilt its input.
-            z_in = tf.stop_gradient(z_in)
-            dz, grads = _recompute(steps[i], scope, z_in, dz, dlogdet, wanted)
-        record.backward_inputs[i] = z_in
+        kept = record.step_inputs[i] if record.mode == "recompute" else None
+        z_next, dz, grads = _step_backward(steps[i], scope, record.mode, kept, z_next, dz, dlogdet, wanted)
+        record.backward_inputs[i] = z_next
         for name, g in grads.items():
             var_grads[name].extend(g)
-        z_next = z_in
-    variable_grads = []
-    for v in variables:
-        g = var_grads.get(v.name)
-        variable_grads.append(None if not g else g[0] if len(g) == 1 else tf.add_n(g))
     # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-    return (dz, dlogdet), variable_grads
+    return (dz, dlogdet), [_sum(var_grads.get(v.op.name)) for v in variables]
 
 
 def _flows_under(tensor):
@@ -310,6 +504,11 @@ def reconstruction_error(loss):
     training step."""
     errors = []
     for record in _flows_under(loss):
+        if record.looped_inputs is not None:
+            forward, backward = [tf.cast(t, tf.float64) for t in record.looped_inputs()]
+            diff = tf.reduce_max(tf.abs(backward - forward), axis=[1, 2, 3, 4])  # [depth]
+            errors.append(tf.reduce_max(diff / tf.maximum(tf.reduce_max(tf.abs(forward), axis=[1, 2, 3, 4]), 1e-30)))
+            continue
         if not record.backward_inputs:
             raise ValueError("reconstruction_error: build the gradients of this loss first")
         for i, z_in in sorted(record.backward_inputs.items()):

@@ -36,11 +36,15 @@ class Glow(object):
 
     image_shape: (H, W, C) of the data; H and W must be divisible by
     2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
-    tfops.COUPLINGS. The model never reads flags: train.py passes numbers."""
+    tfops.COUPLINGS. loop_steps: run each level's steps as a tf.while_loop
+    over one copy of the step in every graph but the data-dependent init
+    (memory_saving_gradients.looped_flow): same variables and results, a
+    graph whose size does not grow with depth. The model never reads flags:
+    train.py passes numbers."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
-                 weight_y=0.0, dtype=tf.float32, name="model"):
+                 weight_y=0.0, dtype=tf.float32, loop_steps=False, name="model"):
         h, w, c = [int(d) for d in image_shape]
         if permutation not in tfops.PERMUTATIONS:
             raise ValueError("permutation %r: expected one of %s" % (permutation, sorted(tfops.PERMUTATIONS)))
@@ -68,6 +72,7 @@ class Glow(object):
         self.n_y = n_y
         self.weight_y = weight_y
         self.dtype = tf.as_dtype(dtype)
+        self.loop_steps = bool(loop_steps)
         self.name = name
         self.n_dims = h * w * c
         # Shape of the top latent: squeeze once, then squeeze after each split.
@@ -124,13 +129,49 @@ class Glow(object):
     def _level(self, level, z, logdet, reverse, checkpointing="none"):
         """`depth` flow steps; forward, their gradient is that of the
         `checkpointing` mode (memory_saving_gradients.MODES)."""
+        n_channels = tfops.int_shape(z)[3]
         with tf.variable_scope(str(level)):
-            steps = [self._flow_step(str(i), tfops.int_shape(z)[3]) for i in range(self.depth)]
+            if self.loop_steps and not tfops.in_ddi_init():
+                params, constants = self._stacked_step_variables(z, logdet, n_channels)
+                step = self._flow_step(memory_saving_gradients.STEP_SCOPE, n_channels)
+                return memory_saving_gradients.looped_flow(step, params, constants, z, logdet, self.depth,
+                                                           mode=checkpointing, reverse=reverse)
+            steps = [self._flow_step(str(i), n_channels) for i in range(self.depth)]
             if not reverse:
                 return memory_saving_gradients.flow(steps, z, logdet, mode=checkpointing)
             for step in reversed(steps):
                 z, logdet = step(z, logdet, True)
         return z, logdet
+
+    def _stacked_step_variables(self, z, logdet, n_channels):
+        """For looped_flow, under a level's variable scope: every variable of
+        its steps as ({name in the step: that variable of step 0 to depth-1},
+        for the trainable float variables; {the same, for the others}), as
+        the scope's custom getter gives them (an evaluation graph's: the
+        Polyak averages).
+
+        The init graph creates the variables, each step with its own initial
+        values; without it (a graph built without init_op), build the
+        unrolled steps once here for that. Their ops are never run."""
+        scope = tf.get_variable_scope().name
+        first = scope + "/0/"
+
+        def step0_variables():
+            return [v for v in tf.global_variables() if v.op.name.startswith(first)]
+
+        if not step0_variables():
+            for i in range(self.depth):
+                z, logdet = self._flow_step(str(i), n_channels)(z, logdet, False)
+        params, constants = {}, {}
+        for v in step0_variables():
+            name = v.op.name[len(first):]
+            steps = []
+            for i in range(self.depth):
+                with tf.variable_scope(str(i), reuse=True):
+                    steps.append(tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype,
+                                                 trainable=v.trainable))
+            (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = steps
+        return params, constants
 
     def encode(self, x, y=None, custom_getter=None, checkpointing="none"):
         """x: preprocessed (and dequantised) data [B,H,W,C], y: labels [B]

@@ -5,7 +5,7 @@ with Adam, Kingma & Ba 2015, and evaluates Polyak-averaged weights):
 
     t starts at 1 and counts applied steps
     alpha_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)     (1 - beta1^t := 1 if beta1 == 0)
-    m1      = beta1*m1 + (1 - beta1)*g                  (beta1 == 0: no m1 slot, m1 := g)
+    m1      = beta1*m1 + (1 - beta1)*g                  (beta1 == 0: m1 = g)
     Adam:   m2 = beta2*m2 + (1 - beta2)*g^2,  delta = m1 / (sqrt(m2) + eps)
     Adamax: m2 = max(beta2*m2, |g|),          delta = m1 / (m2 + eps)
     w       = weight_decay*w - alpha_t*delta            (weight_decay is a factor; 1.0 = off)
@@ -34,12 +34,14 @@ Where this port deliberately differs from the original, and why:
     Here every state variable is non-trainable and named
     `<scope>/<param op name>/{m1,m2,ema}`, `<scope>/t`, `<scope>/n_skipped`:
     names are checkpoint keys.
-  * Few ops per param (about 30; with a tf.cond around the update it was
-    55): every op costs memory in the graph and in each session that holds
-    it (docs/BENCHMARKS.md), and the paper's model has about 1,200 params.
-    Concatenating all params into one update would cut further, but its
-    temporaries (a few copies of every weight at once) cost more than the
-    ops it saves.
+  * One fused TF kernel per param (ResourceApplyAdam / ResourceApplyAdaMax,
+    the same equations) updates the weight and both moments in place, and
+    one more moves its average. glow built each new value as a new tensor:
+    copies of every weight and moment that all wait for the skip decision
+    (which needs every gradient). The kernels also mean few ops per param;
+    every op costs memory in the graph and in each session that holds it
+    (docs/BENCHMARKS.md), and the paper's model has about 1,200 params.
+    With beta1 = 0 the kernels still keep an m1 slot (glow had none).
 """
 import collections
 import math
@@ -105,9 +107,15 @@ def _slot(param, suffix, initializer, dtype=None):
         trainable=False, use_resource=True)
 
 
-def _select(apply, new, old):
-    """new where the bool scalar `apply` is true, else old; new if apply is None."""
-    return new if apply is None else tf.where(apply, new, old)
+def _on(apply, dtype):
+    """1 where the bool scalar `apply` is true (or None), else 0, as `dtype`."""
+    return tf.constant(1.0, dtype) if apply is None else tf.cast(apply, dtype)
+
+
+def _blend(apply, value, off_value, dtype):
+    """`value` where the bool scalar `apply` is true (or None), else `off_value`."""
+    on = _on(apply, dtype)
+    return on * tf.constant(value, dtype) + (1.0 - on) * tf.constant(off_value, dtype)
 
 
 class Polyak(object):
@@ -161,15 +169,18 @@ class Polyak(object):
         if len(values) != len(self.params):
             raise ValueError("Polyak.update: got %d values for %d params"
                              % (len(values), len(self.params)))
+        # In place: avg -= (1 - decay) * (avg - value), which is
+        # decay*avg + (1 - decay)*value, with a rate of 0 on a skipped step.
+        # A fused kernel writes the average's buffer: no new copy of every
+        # weight waits for the step's skip decision (docs/BENCHMARKS.md).
         ops = []
-        decays = {}  # per dtype: decay and 1 - decay, one constant each
+        rates = {}  # per dtype: (1 - decay), or 0 where apply is false
         for avg, v in zip(self.variables, values):
             dtype = avg.dtype.base_dtype
-            if dtype not in decays:
-                decays[dtype] = (tf.constant(self.decay, dtype), tf.constant(1.0 - self.decay, dtype))
-            d, one_d = decays[dtype]
-            old = avg.value()
-            ops.append(avg.assign(_select(apply, d * old + one_d * v, old), read_value=False))
+            if dtype not in rates:
+                rates[dtype] = tf.constant(1.0 - self.decay, dtype) * _on(apply, dtype)
+            ops.append(tf.raw_ops.ResourceApplyGradientDescent(var=avg.handle, alpha=rates[dtype],
+                                                               delta=avg.value() - v))
         return tf.group(*ops)
 
     def average(self, param):
@@ -269,54 +280,64 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
         n_skipped = tf.get_variable("n_skipped", shape=[], dtype=tf.int64,
                                     initializer=tf.zeros_initializer(),
                                     trainable=False, use_resource=True)
-        m1s = [_slot(p, "m1", tf.zeros_initializer()) if beta1 > 0 else None
-               for p in params]
+        # beta1 = 0 (m1 = g) keeps an m1 slot too: the fused kernels need one.
+        m1s = [_slot(p, "m1", tf.zeros_initializer()) for p in params]
         m2s = [_slot(p, "m2", tf.zeros_initializer()) for p in params]
     ema = polyak(params, polyak_decay, scope=scope)
-    slots = [step, n_skipped] + [m for m in m1s if m is not None] + m2s + ema.variables
+    slots = [step, n_skipped] + m1s + m2s + ema.variables
 
     with tf.name_scope("%s_step" % name):
         checks = [tf.reduce_all(tf.is_finite(g)) for g in dense]
         if loss is not None:
             checks.append(tf.reduce_all(tf.is_finite(loss)))
         grads_finite = tf.reduce_all(tf.stack(checks), name="grads_finite")
-        # A skipped step writes every state variable's old value back (a
-        # select per variable): a tf.cond would add a Switch and an Identity
-        # per variable it touches, and every op costs memory in the graph and
-        # in each session holding it (docs/BENCHMARKS.md).
         apply = grads_finite if skip_nonfinite else None
 
         t = step.read_value()
         lr32 = tf.cast(lr, tf.float32)
         alpha32 = lr32 * tf.sqrt(_bias_correction(beta2, t)) / _bias_correction(beta1, t)
-        consts = {}  # per param dtype: alpha_t (computed in float32, see above) and the betas
+        # TF's fused Adam/AdaMax kernels update weight and moments in place:
+        #   m1 += (g - m1)*(1 - beta1); Adam: m2 += (g^2 - m2)*(1 - beta2),
+        #   AdaMax: m2 = max(beta2*m2, |g|); w -= lr*m1/(sqrt(m2) or m2 + eps)
+        # with their bias-correction powers at 0, so lr is alpha_t. Computing
+        # new values and selecting them afterwards kept a new copy of every
+        # weight and moment alive until the skip decision, which needs every
+        # gradient: 500 MiB at the paper's model (docs/BENCHMARKS.md). A
+        # skipped step runs the same kernels as the identity: gradient 0,
+        # beta1 = beta2 = 1, lr 0 (the state stays finite, so 0 * it is 0).
+        consts = {}  # per param dtype
         updates, new_weights = [], []
         for p, g, m1, m2 in zip(params, dense, m1s, m2s):
             dtype = p.dtype.base_dtype
             if dtype not in consts:
-                consts[dtype] = [tf.cast(alpha32, dtype)] + [tf.constant(c, dtype) for c in (
-                    beta1, 1.0 - beta1, beta2, 1.0 - beta2, epsilon, weight_decay)]
-            alpha, b1, one_b1, b2, one_b2, eps, wd = consts[dtype]
-            if m1 is None:
-                m1_new = g
+                consts[dtype] = dict(
+                    lr=tf.cast(alpha32, dtype) * _on(apply, dtype), beta1=_blend(apply, beta1, 1.0, dtype),
+                    beta2=_blend(apply, beta2, 1.0, dtype), epsilon=tf.constant(epsilon, dtype),
+                    beta1_power=tf.constant(0.0, dtype), decay=_blend(apply, weight_decay, 1.0, dtype))
+            c = consts[dtype]
+            if apply is not None:
+                g = tf.where_v2(apply, g, tf.constant(0.0, dtype))
+            if weight_decay != 1.0:
+                # w = weight_decay*w - alpha_t*delta: scale, then the kernel's step.
+                scaled = tf.raw_ops.AssignVariableOp(resource=p.handle, value=p.value() * c["decay"])
+                deps = [scaled]
             else:
-                m1_old = m1.value()
-                m1_new = b1 * m1_old + one_b1 * g
-                updates.append(m1.assign(_select(apply, m1_new, m1_old), read_value=False))
-            m2_old = m2.value()
-            if name == "adam":
-                m2_new = b2 * m2_old + one_b2 * tf.square(g)
-                delta = m1_new / (tf.sqrt(m2_new) + eps)
-            else:
-                m2_new = tf.maximum(b2 * m2_old, tf.abs(g))
-                delta = m1_new / (m2_new + eps)
-            updates.append(m2.assign(_select(apply, m2_new, m2_old), read_value=False))
-            w_old = p.value()
-            w_new = wd * w_old - alpha * delta
-            updates.append(p.assign(_select(apply, w_new, w_old), read_value=False))
-            new_weights.append(w_new)
-        # The average takes this step's new weights as data, so it cannot
-        # race the assignments above.
+                deps = []
+            with tf.control_dependencies(deps):
+                if name == "adam":
+                    update = tf.raw_ops.ResourceApplyAdam(
+                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["beta1_power"],
+                        beta2_power=c["beta1_power"], lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"],
+                        epsilon=c["epsilon"], grad=g)
+                else:
+                    update = tf.raw_ops.ResourceApplyAdaMax(
+                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["beta1_power"], lr=c["lr"],
+                        beta1=c["beta1"], beta2=c["beta2"], epsilon=c["epsilon"], grad=g)
+            updates.append(update)
+            with tf.control_dependencies([update]):
+                new_weights.append(p.value())
+        # The average reads this step's new weights after their update, so
+        # it cannot race the assignments above.
         updates.append(ema.update(new_weights, apply))
         # t was read for alpha_t, which every weight update consumes; only
         # after those may t advance.

@@ -21,7 +21,9 @@ for, so CPU and GPU runs need neither.
 """
 import atexit
 import collections
+import ctypes
 import os
+import platform
 
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
@@ -386,6 +388,29 @@ def make_backend(name, device, environ=None):
 
 
 CPU_JIT_FLAG = "--tf_xla_cpu_global_jit"
+
+
+# glibc malloc's mallopt parameter M_ARENA_MAX (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def tune_malloc(environ=None):
+    """One glibc malloc heap (arena) per core instead of up to eight per core.
+
+    Each of TF's many threads gets a heap of its own by default, and a
+    tensor freed into one heap stays resident until that heap reuses it:
+    the paper's model trained about 250 MiB higher on this 2-core machine,
+    at no measured speed cost with one heap per core (docs/BENCHMARKS.md).
+    Call once, early: it limits the heaps created from then on, in the whole
+    process. A MALLOC_ARENA_MAX the user set stands. Returns {setting: value}
+    of what was set; empty where the C library is not glibc."""
+    environ = os.environ if environ is None else environ
+    if platform.libc_ver()[0] != "glibc" or "MALLOC_ARENA_MAX" in environ:
+        return {}
+    arenas = max(2, os.cpu_count() or 1)
+    if not ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas):
+        raise RuntimeError("glibc mallopt(M_ARENA_MAX, %d) refused" % arenas)
+    return {"MALLOC_ARENA_MAX": arenas}
 
 
 def enable_cpu_autoclustering():

@@ -322,6 +322,8 @@ def main(argv=None):
     config.check_args(args)
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
+    # Process-wide, before the graph allocates; recorded in the config line.
+    args.malloc_settings = runtime.tune_malloc()
     backend = runtime.make_backend(runtime.detect_backend(args.backend, args.device), args.device)
     run = None
     try:

@@ -63,11 +63,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 512, 1x1 conv, learntop) with the affine coupling of its best result.
 CONFIGS = {
     "small": dict(image_shape=[32, 32, 1], n_levels=3, depth=8, width=128, permutation="invconv",
-                  coupling="affine", learntop=False, batch=64),
+                  coupling="affine", learntop=False, batch=64, loop_steps=False),
     "cifar": dict(image_shape=[32, 32, 3], n_levels=3, depth=32, width=512, permutation="invconv",
-                  coupling="affine", learntop=True, batch=64),
+                  coupling="affine", learntop=True, batch=64, loop_steps=False),
     "tiny": dict(image_shape=[8, 8, 1], n_levels=2, depth=2, width=8, permutation="invconv",
-                 coupling="affine", learntop=False, batch=4),
+                 coupling="affine", learntop=False, batch=4, loop_steps=False),
 }
 MODES = ("none", "recompute", "invertible")
 MATMUL_N = 2048
@@ -342,6 +342,8 @@ def trainer_config(spec, n_y):
             "--image_size", str(cfg["image_shape"][0]), "--logdir", "/nonexistent-bench-logdir"]
     if cfg["learntop"]:
         argv.append("--learntop")
+    if cfg["loop_steps"]:
+        argv.append("--loop_steps")
     if spec["xla"]:
         argv.append("--xla")
     args = config_lib.parse_args(argv)
@@ -431,7 +433,8 @@ def worker(spec):
 
     out = dict(config=spec["config"]["name"], config_values=spec["config"], mode=spec["mode"], xla=spec["xla"],
                tensorflow=tf.version.VERSION, python=platform.python_version(), steps=spec["steps"],
-               warmup=spec["warmup"], load_avg_start=os.getloadavg()[0])
+               warmup=spec["warmup"], load_avg_start=os.getloadavg()[0],
+               malloc_settings=runtime.tune_malloc())  # as train.py runs
     batch = spec["config"]["batch"]
     x, y, n_y = batch_of(spec, batch)
     out["data"] = spec["problem"] or "uniform uint8 noise"

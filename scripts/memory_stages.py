@@ -3,12 +3,12 @@
 where the graph's ops are: the diagnosis behind docs/BENCHMARKS.md's "Where
 the memory goes".
 
-    python scripts/memory_stages.py --depth 8 --mode recompute [--grappler_off]
+    python scripts/memory_stages.py --depth 8 --mode recompute [--grappler_off] [--loop_steps]
 
 Builds the trainer of bench.py's `cifar` config at --depth (uniform noise,
 batch 64 or --batch), then prints one JSON line: peak RSS (ru_maxrss) and current RSS
-after the imports, the graph build, data-dependent init and two training
-steps; the number of ops, the GraphDef size and the ops per top-level name
+after the imports, the graph build, data-dependent init and each training
+step (--steps); the number of ops, the GraphDef size and the ops per top-level name
 scope.
 """
 import argparse
@@ -43,11 +43,17 @@ def main():
     p.add_argument("--mode", default="recompute", choices=bench.MODES)
     p.add_argument("--grappler_off", action="store_true", help="disable Grappler's meta optimizer")
     p.add_argument("--batch", type=int, default=64, help="training (and init) batch size")
+    p.add_argument("--steps", type=int, default=2, help="training steps")
+    p.add_argument("--build_only", action="store_true", help="stop after building the graph (its op count)")
+    p.add_argument("--malloc_defaults", action="store_true", help="skip runtime.tune_malloc (glibc's defaults)")
+    p.add_argument("--loop_steps", action="store_true", help="train.py --loop_steps: each level's steps as a loop")
     args = p.parse_args()
     tf.disable_v2_behavior()
     tf.logging.set_verbosity(tf.logging.ERROR)
+    malloc = {} if args.malloc_defaults else runtime.tune_malloc()  # as train.py runs
     stages = collections.OrderedDict(imports=rss_mib())
-    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth, batch=args.batch),
+    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth, batch=args.batch,
+                            loop_steps=args.loop_steps),
                 mode=args.mode, xla=False)
     cfg = bench.trainer_config(spec, 10)
 
@@ -62,13 +68,15 @@ def main():
     batch = spec["config"]["batch"]
     x = np.random.RandomState(0).randint(0, 256, [batch] + list(cfg.image_shape)).astype(np.uint8)
     y = np.zeros([batch], np.int32)
-    trainer.initialize(x, y)
-    stages["after_init"] = rss_mib()
-    for step in (1, 2):
-        trainer.train_step(x, y, 1e-4)
-        stages["after_step_%d" % step] = rss_mib()
+    if not args.build_only:
+        trainer.initialize(x, y)
+        stages["after_init"] = rss_mib()
+        for step in range(1, args.steps + 1):
+            trainer.train_step(x, y, 1e-4)
+            stages["after_step_%d" % step] = rss_mib()
     print(json.dumps(dict(
-        depth=args.depth, mode=args.mode, batch=batch, grappler_off=args.grappler_off,
+        depth=args.depth, mode=args.mode, batch=batch, loop_steps=args.loop_steps, grappler_off=args.grappler_off,
+        malloc_settings=malloc,
         rss_mib_peak_current=stages, n_ops=len(ops),
         graphdef_mib=round(trainer.graph.as_graph_def().ByteSize() / 2.0 ** 20, 1),
         ops_by_scope=collections.Counter(op.name.split("/")[0] for op in ops).most_common(12))))

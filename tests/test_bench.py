@@ -149,3 +149,10 @@ def test_memory_stages_reports_each_stage_and_the_ops():
         assert 0 < current <= peak + 1
     scopes = dict(report["ops_by_scope"])
     assert sum(scopes.values()) <= report["n_ops"] and "gradients" in scopes
+
+
+def test_memory_stages_build_only_with_loop_steps():
+    report = _json_line("memory_stages.py", "--depth", "2", "--batch", "2", "--loop_steps", "--build_only")
+    assert report["loop_steps"] is True
+    assert list(report["rss_mib_peak_current"]) == ["imports", "graph_built"]
+    assert report["n_ops"] > 1000 and "gradients" in dict(report["ops_by_scope"])

@@ -24,11 +24,8 @@ def np_step(state, grads, name, lr, beta1, beta2, wd, decay):
     t = state["t"]
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     for i, g in enumerate(grads):
-        if beta1 > 0:
-            state["m1"][i] = beta1 * state["m1"][i] + (1.0 - beta1) * g
-            m1 = state["m1"][i]
-        else:
-            m1 = g
+        state["m1"][i] = beta1 * state["m1"][i] + (1.0 - beta1) * g  # beta1 = 0: g
+        m1 = state["m1"][i]
         if name == "adam":
             state["m2"][i] = beta2 * state["m2"][i] + (1.0 - beta2) * g ** 2
             delta = m1 / (np.sqrt(state["m2"][i]) + EPS)
@@ -81,7 +78,7 @@ def test_steps_match_numpy(name, beta1, beta2, wd, decay):
         res = optim.make_train_op(name, params, tf.gradients(loss, params), lr, beta1, beta2,
                                   weight_decay=wd, polyak_decay=decay)
         decay = beta2 if decay is None else decay
-        m1 = [slot(res, "optim/model/w%d/m1" % i) for i in range(2)] if beta1 > 0 else []
+        m1 = [slot(res, "optim/model/w%d/m1" % i) for i in range(2)]
         m2 = [slot(res, "optim/model/w%d/m2" % i) for i in range(2)]
         ema = [res.ema.average(p) for p in params]
         with tf.Session() as sess:
@@ -99,21 +96,27 @@ def test_steps_match_numpy(name, beta1, beta2, wd, decay):
                     np.testing.assert_allclose(got_w[i], ref["w"][i], rtol=1e-6, atol=1e-9)
                     np.testing.assert_allclose(got_m2[i], ref["m2"][i], rtol=1e-6, atol=1e-12)
                     np.testing.assert_allclose(got_ema[i], ref["ema"][i], rtol=1e-6, atol=1e-9)
-                    if beta1 > 0:
-                        np.testing.assert_allclose(got_m1[i], ref["m1"][i], rtol=1e-6, atol=1e-12)
+                    np.testing.assert_allclose(got_m1[i], ref["m1"][i], rtol=1e-6, atol=1e-12)
             assert sess.run(res.n_skipped) == 0
             # the weights did move: the comparison above is not of unchanged values
             assert not np.allclose(got_w[0], W0[0], atol=1e-3)
 
 
-def test_beta1_zero_creates_no_first_moment():
+def test_beta1_zero_keeps_the_gradient_as_first_moment():
+    """beta1 = 0: m1 is the last gradient (the fused kernels keep the slot)."""
     with tf.Graph().as_default():
         params, loss = quadratic(tf.float32)
-        res = optim.make_train_op("adam", params, tf.gradients(loss, params), 0.1, 0.0, 0.99)
-        names = sorted(v.op.name for v in res.slots)
-    assert names == sorted(["optim/t", "optim/n_skipped",
-                            "optim/model/w0/m2", "optim/model/w1/m2",
-                            "optim/model/w0/ema", "optim/model/w1/ema"])
+        grads = tf.gradients(loss, params)
+        res = optim.make_train_op("adam", params, grads, 0.1, 0.0, 0.99)
+        m1 = [v for v in res.slots if v.op.name.endswith("/m1")]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            g = sess.run(grads)
+            sess.run(res.train_op)
+            got = sess.run(m1)
+    assert len(m1) == 2
+    for i in range(2):
+        np.testing.assert_allclose(got[i], g[i], rtol=1e-6)
 
 
 def test_state_names_are_fixed_checkpoint_keys():

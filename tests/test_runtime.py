@@ -1,7 +1,9 @@
 """runtime.py: session configs, backend choice, and the wiring of the Horovod
 and HCCL collectives, checked against fake horovod / npu_bridge modules put
 in sys.modules (neither can be installed here)."""
+import json
 import os
+import platform
 import subprocess
 import sys
 import types
@@ -387,3 +389,62 @@ def test_npu_session_starts_the_system_once_and_close_shuts_it_down(monkeypatch,
     backend.close()
     backend.close()
     assert calls == [("run", "initialize_system"), ("run", "shutdown_system")]
+
+
+_MALLOC_PROBE = r"""
+import ctypes, json, os, sys, tempfile, threading
+sys.path.insert(0, sys.argv[2])
+import runtime
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+
+
+def n_arenas():
+    # malloc_stats() writes one "Arena N:" block per heap to stderr (fd 2).
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        libc.malloc_stats()
+        os.dup2(saved, 2)
+        f.seek(0)
+        return sum(line.startswith(b"Arena ") for line in f.read().splitlines())
+
+
+settings = runtime.tune_malloc({}) if sys.argv[1] == "tuned" else {}
+before = n_arenas()
+n_threads = 6
+barrier = threading.Barrier(n_threads + 1)
+
+
+def work():
+    libc.malloc(1000)   # a new thread's first malloc picks (or makes) its heap
+    barrier.wait()      # all alive at once: no heap is handed back for reuse
+
+
+threads = [threading.Thread(target=work) for _ in range(n_threads)]
+for t in threads:
+    t.start()
+barrier.wait()
+after = n_arenas()
+for t in threads:
+    t.join()
+print(json.dumps([settings, before, after, n_threads]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
+def test_tune_malloc_limits_the_heaps():
+    """Without tune_malloc each new thread gets a heap of its own; with it no
+    heap is added past one per core; a MALLOC_ARENA_MAX of the user's stands."""
+    results = {}
+    for how in ("default", "tuned"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.check_output([sys.executable, "-c", _MALLOC_PROBE, how, ROOT], env=env)
+        results[how] = json.loads(out.decode().strip().splitlines()[-1])
+    settings, before, after, n_threads = results["default"]
+    assert settings == {} and after >= before + n_threads, results
+    settings, before, after, n_threads = results["tuned"]
+    assert settings == {"MALLOC_ARENA_MAX": max(2, os.cpu_count())}
+    assert after <= max(before, settings["MALLOC_ARENA_MAX"]) < before + n_threads, results
+    assert runtime.tune_malloc({"MALLOC_ARENA_MAX": "8"}) == {}
