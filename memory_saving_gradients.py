@@ -151,7 +151,7 @@ class _StackedGetter(object):
     """Custom getter for the body of `looped_flow`: the step's variable
     `<scope>/step/<name>` is step i's, row i of stacks[name]: a stack of that
     variable's values over the steps, or of their resource handles (then
-    read here, with dtypes[name] and shapes[name])."""
+    read here as like[name] = (dtype, shape))."""
 
     def __init__(self, prefix, stacks, like, i):
         self.prefix = prefix

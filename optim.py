@@ -313,7 +313,7 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
                 consts[dtype] = dict(
                     lr=tf.cast(alpha32, dtype) * _on(apply, dtype), beta1=_blend(apply, beta1, 1.0, dtype),
                     beta2=_blend(apply, beta2, 1.0, dtype), epsilon=tf.constant(epsilon, dtype),
-                    beta1_power=tf.constant(0.0, dtype), decay=_blend(apply, weight_decay, 1.0, dtype))
+                    no_power=tf.constant(0.0, dtype), decay=_blend(apply, weight_decay, 1.0, dtype))
             c = consts[dtype]
             if apply is not None:
                 g = tf.where_v2(apply, g, tf.constant(0.0, dtype))
@@ -326,12 +326,12 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
             with tf.control_dependencies(deps):
                 if name == "adam":
                     update = tf.raw_ops.ResourceApplyAdam(
-                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["beta1_power"],
-                        beta2_power=c["beta1_power"], lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"],
+                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["no_power"],
+                        beta2_power=c["no_power"], lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"],
                         epsilon=c["epsilon"], grad=g)
                 else:
                     update = tf.raw_ops.ResourceApplyAdaMax(
-                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["beta1_power"], lr=c["lr"],
+                        var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["no_power"], lr=c["lr"],
                         beta1=c["beta1"], beta2=c["beta2"], epsilon=c["epsilon"], grad=g)
             updates.append(update)
             with tf.control_dependencies([update]):
