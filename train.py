@@ -96,6 +96,8 @@ def train_one_epoch(run, epoch, state, skip=0):
             # nothing was applied, treat it like a non-finite step.
             applied, stats = False, None
             failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
+            if run.backend.size() > 1:
+                step_failed_on_one_rank(run, state, failure)
         state["n_processed"] += cfg.images_per_step
         state["step"] += 1
         n_steps += 1
@@ -123,6 +125,25 @@ def train_one_epoch(run, epoch, state, skip=0):
     dt = time.time() - t0
     mean = np.mean(results, axis=0) if results else np.full(4, np.nan)
     return mean, n_steps * cfg.images_per_step / max(dt, 1e-9)
+
+
+def step_failed_on_one_rank(run, state, failure):
+    """An op error in this rank's training step, with other ranks: they ran
+    (or wait in) this step's allreduce, which this rank never joined, so
+    skipping here would pair its next step with their current one. Stop this
+    rank instead (its launcher then stops the rest). The failed step changed
+    no weight; if this rank is the chief it first saves the steps done so
+    far (every rank holds the same weights, and saving needs no other rank)."""
+    step = state["step"] + 1
+    run.event(event="step_failed", step=step, rank=run.backend.rank(), reason=failure)
+    if run.chief:
+        save(run, state)
+        kept = "rank 0 saved a checkpoint at step %d" % state["step"]
+    else:
+        kept = "the last checkpoint is intact"
+    raise RuntimeError("rank %d of %d: %s in training step %d; with several ranks a failed step cannot be "
+                       "skipped on one rank alone. %s: rerun with --resume"
+                       % (run.backend.rank(), run.backend.size(), failure, step, kept))
 
 
 def recover(run, state):
@@ -295,6 +316,8 @@ def start(run, args):
             raise ValueError("--logdir %s has no checkpoint in checkpoints/ to %s"
                              % (run.logdir, "resume from" if args.resume else "use; give --restore_path"))
         tr.restore(prefix)
+        if args.resume:
+            tr.adopt_checkpoints(run.logdir)
         state.update(tr.state())
         state["step"] = int(prefix.rsplit("-", 1)[1])
         run.say("restored %s (epoch %d, step %d)" % (prefix, state["epoch"], state["step"]))

@@ -140,6 +140,17 @@ class Trainer(object):
         self.sess.run(self.broadcast)
         return prefix
 
+    def adopt_checkpoints(self, logdir):
+        """Count the checkpoints an earlier run left in logdir/checkpoints and
+        logdir/best as this run's own: a Saver only prunes what it wrote, so
+        without this a resumed run would keep max_to_keep more on disk at
+        every restart. Call it on resume (a fresh run in the same folder
+        must not delete what it did not write)."""
+        for saver, sub in ((self.saver, "checkpoints"), (self.best_saver, "best")):
+            state = tf.train.get_checkpoint_state(os.path.join(logdir, sub))
+            if state is not None:
+                saver.recover_last_checkpoints(list(state.all_model_checkpoint_paths))
+
     def state(self):
         epoch, n_processed, lr_scale, best = self.sess.run(
             [self.epoch, self.n_processed, self.lr_scale, self.best_test])

@@ -23,6 +23,9 @@ with an N-rank one:
                     step, so the mean loss and gradient are the same numbers.
 --nonchief_logdir   ranks > 0 get this --logdir instead of the one given, so
                     a test can check that they wrote nothing there.
+--op_error R:N      rank R's N-th training step raises an op error (what
+                    session.run raises when an op rejects its input), the
+                    other ranks' steps run.
 """
 import argparse
 import copy
@@ -33,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+import tensorflow.compat.v1 as tf  # noqa: E402
 
 import data_loaders.data  # noqa: E402
 import model  # noqa: E402
@@ -46,6 +50,7 @@ def parse(argv):
     p.add_argument("--centre_noise", action="store_true")
     p.add_argument("--union_of", type=int, default=0)
     p.add_argument("--nonchief_logdir", default="")
+    p.add_argument("--op_error", default="", metavar="R:N")
     if "--" not in argv:
         p.error("give train.py's flags after --")
     split = argv.index("--")
@@ -69,7 +74,13 @@ def instrument(opts):
         init(self, *args, **kwargs)
         seen["trainer"] = self
 
+    failing = tuple(int(part) for part in opts.op_error.split(":")) if opts.op_error else None
+    calls = [0]
+
     def recording_step(self, *args, **kwargs):
+        calls[0] += 1
+        if failing == (self.backend.rank(), calls[0]):
+            raise tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
         applied, stats = step(self, *args, **kwargs)
         assert applied, "step %d was skipped (non-finite)" % (len(seen["steps"]) + 1)
         seen["steps"].append(stats)

@@ -20,6 +20,7 @@ GLOW_PY_HOROVOD). Without it the tests skip, except under CI=true, where
 they fail.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -185,6 +186,31 @@ def test_only_rank0_writes(runs):
     lines = runs["hvd_stdout"].splitlines()
     assert sum(line.startswith("[0]<stdout>:") for line in lines) >= N_STEPS
     assert [line for line in lines if line.startswith("[1]<stdout>")] == []
+
+
+def test_op_error_on_one_rank_ends_the_job_with_resume_advice(runs, tmp_path):
+    """Rank 1's third step raises an op error while rank 0 is in that step's
+    allreduce: rank 1 stops with train.py's error (skipping alone would pair
+    its next gradients with rank 0's current ones), and horovodrun ends the
+    job instead of leaving rank 0 waiting."""
+    python = _horovod_python()
+    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
+    cmd = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo",
+           python, WORKER, "--out", str(tmp_path / "out"), "--op_error", "1:3", "--"] + TINY + [
+        "--restore_path", runs["ckpt"], "--epochs", "1", "--logdir", str(tmp_path / "logs"),
+        "--n_batch_train", str(BATCH)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
+    try:
+        # About 45 s here; skipped on one rank instead, the step left rank 0
+        # waiting in its allreduce for good (the job hung).
+        proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail("the job did not end within 300 s of rank 1's op error:\n%s" % (e.output or "")[-4000:])
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert re.search(r"\[1\]<stderr>:.*rank 1 of 2: Input is not invertible.* training step 3.*"
+                     r"the last checkpoint is intact: rerun with --resume",
+                     proc.stdout), proc.stdout[-4000:]
 
 
 @pytest.mark.parametrize("flags,env,message", [

@@ -66,6 +66,10 @@ def test_resume_continues_from_saved_step(tmp_path):
     assert [(r["epoch"], r["step"]) for r in trains] == [(1, 20), (2, 52)]
     lines = utils.read_jsonl(os.path.join(logdir, "train.txt"))
     assert lines[0].get("resumed") is None and any(line.get("resumed") for line in lines[1:])
+    # The resumed run prunes the first run's checkpoints too (max_to_keep 2):
+    # steps 0 and 20 were written before, 52 after.
+    kept = sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index"))
+    assert kept == ["model.ckpt-20.index", "model.ckpt-52.index"], kept
 
 
 def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
@@ -90,6 +94,60 @@ def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     assert [e["lr_scale"] for e in recovered] == [0.5, 0.25]
     tests = _records(logdir, "test.txt")
     assert tests[-1]["bits_x"] < tests[0]["bits_x"]
+
+
+def _failing_step(monkeypatch, failing_calls):
+    """Trainer.train_step raising an op error on the given calls (1-based)."""
+    real_step = train.trainer_lib.Trainer.train_step
+    calls = {"n": 0}
+
+    def step(self, x, y, lr, loss_scale=1.0):
+        calls["n"] += 1
+        if calls["n"] in failing_calls:
+            raise train.tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
+        return real_step(self, x, y, lr, loss_scale)
+
+    monkeypatch.setattr(train.trainer_lib.Trainer, "train_step", step)
+
+
+def test_op_error_in_a_step_is_skipped_with_one_rank(tmp_path, monkeypatch):
+    _failing_step(monkeypatch, {3, 4})
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "8")
+    assert status == 0
+    skipped = [e for e in _records(logdir, "events.txt") if e.get("event") == "skipped_step"]
+    assert [e["step"] for e in skipped] == [3, 4]
+    assert all("Input is not invertible" in e["reason"] for e in skipped)
+
+
+class _TwoRanksInOneProcess(train.runtime.Backend):
+    """Rank 0 of 2, with collectives that return their inputs (the other
+    rank is not there): enough for train.py to take its multi-rank paths."""
+
+    def __init__(self, device):
+        super(_TwoRanksInOneProcess, self).__init__(device, rank=0, size=2)
+
+    def _allreduce_mean_one(self, tensor):
+        return tensor
+
+    def _broadcast(self, variables, root):
+        return [v.read_value() for v in variables]
+
+
+def test_op_error_on_one_of_several_ranks_stops_with_resume_advice(tmp_path, monkeypatch):
+    """With other ranks in the step's allreduce, a rank cannot skip a failed
+    step alone: it stops with a clear error and logs it; rank 0 first saves
+    the two steps done, for --resume."""
+    _failing_step(monkeypatch, {3})
+    monkeypatch.setattr(train.runtime, "make_backend", lambda name, device: _TwoRanksInOneProcess(device))
+    logdir = tmp_path / "logs"
+    with pytest.raises(RuntimeError, match=r"rank 0 of 2: Input is not invertible.*step 3.*saved a checkpoint "
+                                           r"at step 2: rerun with --resume"):
+        _run(tmp_path, "--epochs", "1", "--max_steps", "8", logdir=logdir)
+    failed = [e for e in _records(str(logdir), "events.txt") if e.get("event") == "step_failed"]
+    assert [e["step"] for e in failed] == [3]
+    assert train.tf.train.latest_checkpoint(str(logdir / "checkpoints")).endswith("model.ckpt-2")
+    status, _ = _run(tmp_path, "--epochs", "1", "--max_steps", "4", "--resume", logdir=logdir)
+    assert status == 0 and [r["step"] for r in _records(str(logdir), "train.txt")] == [4]
 
 
 def test_singular_invconv_is_skipped_in_the_graph(tmp_path):
