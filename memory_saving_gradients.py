@@ -35,7 +35,8 @@ reads so that the variables' gradients come from the recomputed copy alone.
 
 `looped_flow` does the same for a level whose steps run as one
 tf.while_loop (`Glow(loop_steps=True)`): the backward pass is a second loop
-over the same per-step code (`_step_backward`).
+over the same per-step code (`_step_backward`). Its data-dependent init pass
+is a loop too (`_looped_ddi`).
 
 The graph must be built for the mode (`Glow.losses(..., checkpointing=mode)`)
 and `gradients(loss, params, mode)` checks that it was: a mismatch would
@@ -191,7 +192,7 @@ def _loop(n, body, loop_vars, backwards=False, back_prop=True):
     return tf.while_loop(cond, advance, [start] + list(loop_vars), back_prop=back_prop, parallel_iterations=1)[1:]
 
 
-def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=False):
+def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=False, ddi_init=False):
     """`depth` flow steps as one tf.while_loop over a single copy of the step:
     z, logdet -> z, logdet, with the gradient of `mode` (reverse: the steps'
     inverses, last to first; mode 'none' only).
@@ -211,10 +212,16 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
     'invertible' only the level's output, and the backward pass is a second
     loop, last step to first, that recomputes (or rebuilds, then recomputes)
     each step and writes its variables' gradients to TensorArrays, as `flow`
-    does step by step."""
+    does step by step.
+
+    ddi_init: the data-dependent init pass (paper 3.1; built inside
+    tfops' arg_scope init=True), forward, mode 'none': see _looped_ddi."""
     effective_mode(mode)
     if reverse and mode != "none":
         raise ValueError("looped_flow: reverse=True is inference only; got mode %r" % mode)
+    if ddi_init and (reverse or mode != "none"):
+        raise ValueError("looped_flow: ddi_init is a forward pass without gradient; got mode %r, reverse %r"
+                         % (mode, reverse))
     variables = dict(params, **constants)
     for name, steps in variables.items():
         if len(steps) != depth:
@@ -251,6 +258,10 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
 
         out = _loop(depth, body, [z, logdet] + ([kept] if kept is not None else []), backwards, back_prop)
         return out if kept is not None else out + [None]
+
+    if ddi_init:
+        stacks = {name: stack(params[name], by_handle) for name in names}
+        return _looped_ddi(step, variables, prefix, lambda i: in_step(i, stacks), z, logdet, depth)
 
     if mode == "none":
         # Forward: differentiable, tf.stack's gradient gives each variable its
@@ -322,6 +333,42 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
     record.looped_inputs = inputs_both_ways
     tf.add_to_collection(_COLLECTION, record)
     return z, logdet
+
+
+def _looped_ddi(step, variables, prefix, in_step, z, logdet, depth):
+    """The data-dependent init of looped steps. An iteration has no variable
+    of its own to assign, so tfops.get_variable_ddi records each statistic
+    it computes (and the step goes on with it, as an unrolled init pass
+    does); each step's statistics leave the loop as one flat row of a
+    TensorArray and are assigned to that step's variables after the loop,
+    before z and logdet are returned."""
+    recorded = []
+
+    def body(i, z, logdet, rows):
+        record = []
+        with in_step(i), tfops.arg_scope([tfops.get_variable_ddi], record=record):
+            z, logdet = step(z, logdet, False)
+        if not record:
+            raise ValueError("looped flow: its step computes no data-dependent initial value")
+        recorded[:] = record
+        row = tf.concat([tf.reshape(tf.cast(value, z.dtype), [-1]) for _, value in record], axis=0)
+        return z, logdet, rows.write(i, row)
+
+    z, logdet, rows = _loop(depth, body, [z, logdet, tf.TensorArray(z.dtype, size=depth)], back_prop=False)
+    rows = rows.stack()  # [depth, the statistics' total size]
+    assigns, offset = [], 0
+    for name, value in recorded:
+        key = name[len(prefix):] if name.startswith(prefix) else None
+        if key not in variables:
+            raise ValueError("looped flow: data-dependent init of %r, which is not a variable of the step under %s"
+                             % (name, prefix))
+        shape = value.get_shape()
+        size = shape.num_elements()
+        for i, v in enumerate(variables[key]):
+            assigns.append(v.assign(tf.cast(tf.reshape(rows[i, offset:offset + size], shape), value.dtype)))
+        offset += size
+    with tf.control_dependencies(assigns):
+        return tf.identity(z), tf.identity(logdet)
 
 
 class _ReadCollector(object):

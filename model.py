@@ -131,11 +131,12 @@ class Glow(object):
         `checkpointing` mode (memory_saving_gradients.MODES)."""
         n_channels = tfops.int_shape(z)[3]
         with tf.variable_scope(str(level)):
-            if self.loop_steps and not tfops.in_ddi_init():
-                params, constants = self._stacked_step_variables(z, logdet, n_channels)
+            if self.loop_steps:
+                params, constants = self._stacked_step_variables(z, n_channels)
                 step = self._flow_step(memory_saving_gradients.STEP_SCOPE, n_channels)
                 return memory_saving_gradients.looped_flow(step, params, constants, z, logdet, self.depth,
-                                                           mode=checkpointing, reverse=reverse)
+                                                           mode=checkpointing, reverse=reverse,
+                                                           ddi_init=tfops.in_ddi_init())
             steps = [self._flow_step(str(i), n_channels) for i in range(self.depth)]
             if not reverse:
                 return memory_saving_gradients.flow(steps, z, logdet, mode=checkpointing)
@@ -143,16 +144,13 @@ class Glow(object):
                 z, logdet = step(z, logdet, True)
         return z, logdet
 
-    def _stacked_step_variables(self, z, logdet, n_channels):
+    def _stacked_step_variables(self, z, n_channels):
         """For looped_flow, under a level's variable scope: every variable of
         its steps as ({name in the step: that variable of step 0 to depth-1},
         for the trainable float variables; {the same, for the others}), as
         the scope's custom getter gives them (an evaluation graph's: the
-        Polyak averages).
-
-        The init graph creates the variables, each step with its own initial
-        values; without it (a graph built without init_op), build the
-        unrolled steps once here for that. Their ops are never run."""
+        Polyak averages). The first graph to ask creates them
+        (_create_step_variables)."""
         scope = tf.get_variable_scope().name
         first = scope + "/0/"
 
@@ -160,8 +158,7 @@ class Glow(object):
             return [v for v in tf.global_variables() if v.op.name.startswith(first)]
 
         if not step0_variables():
-            for i in range(self.depth):
-                z, logdet = self._flow_step(str(i), n_channels)(z, logdet, False)
+            self._create_step_variables(z, n_channels)
         params, constants = {}, {}
         for v in step0_variables():
             name = v.op.name[len(first):]
@@ -172,6 +169,35 @@ class Glow(object):
                                                  trainable=v.trainable))
             (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = steps
         return params, constants
+
+    def _create_step_variables(self, z, n_channels):
+        """Create each step's variables, under the level's variable scope,
+        without building `depth` steps' ops in this graph: each step is
+        built in a scratch graph of its own under the same scope names and
+        graph seed, which records what it asks tf.get_variable for; the
+        variables are created here from those requests. Initial values
+        drawn in NumPy from the scope's name (tfops.layer_rng: the 1x1
+        convs, permutations) are an unrolled build's; those of TF's random
+        initialisers depend on the op count, so differ from an unrolled
+        build's."""
+        scope = tf.get_variable_scope().name
+        requests = []
+
+        def record(getter, name, *args, **kwargs):
+            requests.append((name, kwargs))
+            return getter(name, *args, **kwargs)
+
+        seed = tf.get_default_graph().seed
+        for i in range(self.depth):
+            with tf.Graph().as_default():  # one step per scratch graph: only one is alive at a time
+                tf.set_random_seed(seed)
+                z_in = tf.placeholder(z.dtype, z.get_shape())
+                logdet = tf.zeros([tf.shape(z_in)[0]], z.dtype)
+                with tf.variable_scope(scope, custom_getter=record):
+                    self._flow_step(str(i), n_channels)(z_in, logdet, False)
+        for name, kwargs in requests:
+            kwargs = dict((k, v) for k, v in kwargs.items() if k not in ("reuse", "custom_getter"))
+            tf.get_variable(name[len(scope) + 1:], **kwargs)
 
     def encode(self, x, y=None, custom_getter=None, checkpointing="none"):
         """x: preprocessed (and dequantised) data [B,H,W,C], y: labels [B]

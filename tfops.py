@@ -95,12 +95,23 @@ def layer_rng(seed_extra=0):
 
 
 @add_arg_scope
-def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True):
+def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True, record=None):
     """A variable with data-dependent initialisation.
 
     Outside init mode this is `tf.get_variable`; with `init=True` (set by
     `arg_scope([get_variable_ddi], init=True)` over one batch) the returned
-    tensor first assigns `initial_value`, computed from that batch."""
+    tensor first assigns `initial_value`, computed from that batch.
+
+    record: a list, set by the init pass of a looped flow
+    (memory_saving_gradients.looped_flow), whose iterations cannot assign
+    their own step's variable: in init mode the variable is then neither
+    read nor assigned here; (its full name, the value) is appended to
+    `record` and the value returned, and the loop assigns every step's
+    values once it has run."""
+    if init and record is not None:
+        value = tf.reshape(tf.cast(initial_value, dtype), shape)
+        record.append((tf.get_variable_scope().name + "/" + name, value))
+        return value
     w = tf.get_variable(name, shape, dtype, initializer=tf.zeros_initializer(), trainable=trainable)
     if init:
         assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
@@ -199,7 +210,18 @@ def _orthogonal_init(n):
     return np.linalg.qr(layer_rng().randn(n, n))[0]
 
 
-@tf.custom_gradient
+@tf.RegisterGradient("GlowLogAbsDet")
+def _log_abs_det_grad(op, _dsign, dvalue):
+    """Gradient of log_abs_det's slogdet: w^-T, from an inverse taken only
+    where the value is finite; NaN otherwise."""
+    w, value = op.inputs[0], op.outputs[1]
+    ok = tf.is_finite(value)
+    eye = tf.eye(int(w.get_shape()[0]), dtype=w.dtype)
+    inv = tf.matrix_inverse(tf.cond(ok, lambda: w, lambda: eye))
+    nan_if_singular = tf.cond(ok, lambda: tf.constant(1.0, w.dtype), lambda: tf.constant(np.nan, w.dtype))
+    return dvalue * tf.transpose(inv) * nan_if_singular
+
+
 def log_abs_det(w):
     """log|det w| of a square float64 matrix, with a gradient that never raises.
 
@@ -209,17 +231,13 @@ def log_abs_det(w):
     LU with partial pivoting: exact for nearly singular w, -inf for a singular
     one) and the gradient w^-T from an inverse taken only when the value is
     finite. Otherwise the gradient is NaN, so the optimizer skips the step
-    instead of the run dying."""
-    value = tf.linalg.slogdet(w)[1]
+    instead of the run dying.
 
-    def grad(dy):
-        ok = tf.is_finite(value)
-        eye = tf.eye(int(w.get_shape()[0]), dtype=w.dtype)
-        inv = tf.matrix_inverse(tf.cond(ok, lambda: w, lambda: eye))
-        nan_if_singular = tf.cond(ok, lambda: tf.constant(1.0, w.dtype), lambda: tf.constant(np.nan, w.dtype))
-        return dy * tf.transpose(inv) * nan_if_singular
-
-    return value, grad
+    The gradient is registered once (a gradient override of this slogdet op)
+    rather than by tf.custom_gradient, which registers a new closure per call
+    in a process-wide registry and so keeps every graph that calls it alive."""
+    with tf.get_default_graph().gradient_override_map({"LogMatrixDeterminant": "GlowLogAbsDet"}):
+        return tf.linalg.slogdet(w)[1]
 
 
 def _conv1x1(z, w):

@@ -210,6 +210,66 @@ def test_looped_steps_equal_unrolled_float64(permutation, coupling):
             np.testing.assert_allclose(ours, plain_g, rtol=1e-9, atol=1e-12 * np.max(np.abs(plain_g)), err_msg=mode)
 
 
+@pytest.mark.parametrize("permutation,coupling", [("invconv_lu", "affine"), ("shuffle", "additive")])
+def test_looped_init_equals_unrolled_float64(permutation, coupling, monkeypatch):
+    """The looped data-dependent init sets every actnorm (flow steps' and
+    coupling convs') of every step to the unrolled init pass's statistics,
+    and returns its loss. (The init pass dequantises: its noise, drawn by
+    two different ops, is set to half a bin here.)"""
+    monkeypatch.setattr(glow_model.Glow, "dequantize", lambda self, x: x + 0.5 / self.n_bins)
+    glow = small_glow(permutation, coupling)
+    looped = looped_glow(glow)
+    with tf.Graph().as_default():
+        tf.set_random_seed(3)
+        x = tf.constant(_images(3))
+        unrolled_init = glow.init_op(x, None)
+        names = sorted(v.op.name for v in tf.global_variables())
+        looped_init = looped.init_op(x, None)
+        assert sorted(v.op.name for v in tf.global_variables()) == names
+        stats = [v for v in tf.global_variables() if "/actnorm/" in v.op.name]
+        assert len(stats) == 2 * 2 * 3 * 3  # b and logs, 2 levels x 3 steps x (step, l_1, l_2)
+        variables = tf.global_variables()
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            assert not any(np.any(v) for v in sess.run(stats))  # zeros before init
+            start = sess.run(variables)  # the same random conv weights for both passes
+            unrolled = [sess.run(unrolled_init), sess.run(stats)]
+            for v, value in zip(variables, start):
+                v.load(value, sess)
+            looped_out = [sess.run(looped_init), sess.run(stats)]
+    assert looped_out[0] == pytest.approx(unrolled[0], rel=1e-12)
+    for v, a, b in zip(stats, unrolled[1], looped_out[1]):
+        assert np.max(np.abs(a)) > 0, v.op.name
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, err_msg=v.op.name)
+
+
+def test_looped_init_creates_the_variables_without_unrolling():
+    """Built first, the looped model creates the unrolled model's variables
+    (names, shapes, and the NumPy-drawn initial values of the 1x1 convs),
+    and its init graph does not grow with depth the way an unrolled one does."""
+    def init_graph(glow):
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.set_random_seed(1)
+            glow.init_op(tf.constant(_images(0)), None)
+            variables = tf.global_variables()
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                values = dict(zip([v.op.name for v in variables], sess.run(variables)))
+        return len(graph.get_operations()), values
+
+    n_unrolled, unrolled = init_graph(small_glow())
+    n_looped, looped = init_graph(looped_glow(small_glow()))
+    assert sorted(looped) == sorted(unrolled)
+    for name, value in unrolled.items():
+        assert looped[name].shape == value.shape, name
+        if name.endswith("invconv/W"):
+            np.testing.assert_array_equal(looped[name], value, err_msg=name)
+    growth_unrolled = init_graph(small_glow(depth=6))[0] - n_unrolled
+    growth_looped = init_graph(looped_glow(small_glow(depth=6)))[0] - n_looped
+    assert growth_looped < 0.5 * growth_unrolled, (growth_looped, growth_unrolled)
+
+
 @pytest.mark.parametrize("mode", ("none", "invertible"))
 def test_looped_graph_does_not_grow_with_depth(mode):
     """The point of loop_steps: the training graph (loss and gradients) holds

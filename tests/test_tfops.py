@@ -1,6 +1,8 @@
 """Every invertible op of tfops.py, in float64: shape kept, exact inverse,
 log-dets that cancel, and a log-det equal to slogdet of the true Jacobian."""
 import functools
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -143,6 +145,22 @@ def test_coupling_rejects_odd_channels():
     with tf.Graph().as_default():
         with pytest.raises(ValueError, match="even number of channels, got 3"):
             _scoped(OPS["affine"], tf.zeros([1, 4, 4, 3], tf.float64), tf.zeros([1], tf.float64), False)
+
+
+def test_a_graph_with_an_invconv_is_freed():
+    """Nothing process-wide keeps a graph alive once it is dropped (a
+    tf.custom_gradient would: its gradient closure is registered for good),
+    so the scratch graphs that Glow(loop_steps=True) builds its steps'
+    variables in cost nothing after."""
+    graph = tf.Graph()
+    with graph.as_default():
+        z = tf.placeholder(tf.float32, [2, 4, 4, 6])
+        z, logdet = tfops.invconv("invconv", z, tf.zeros([2]))
+        tf.gradients(logdet, tf.trainable_variables())
+    ref = weakref.ref(graph)
+    del graph, z, logdet
+    gc.collect()
+    assert ref() is None
 
 
 def test_log_abs_det_gradient_matches_tf_and_survives_singular():
