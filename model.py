@@ -37,10 +37,10 @@ class Glow(object):
     image_shape: (H, W, C) of the data; H and W must be divisible by
     2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
     tfops.COUPLINGS. loop_steps: run each level's steps as a tf.while_loop
-    over one copy of the step in every graph but the data-dependent init
+    over one copy of the step in every graph, the data-dependent init's too
     (memory_saving_gradients.looped_flow): same variables and results, a
     graph whose size does not grow with depth. The model never reads flags:
-    train.py passes numbers."""
+    train.py passes numbers (from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
@@ -77,6 +77,17 @@ class Glow(object):
         self.n_dims = h * w * c
         # Shape of the top latent: squeeze once, then squeeze after each split.
         self.top_shape = (h // 2 ** n_levels, w // 2 ** n_levels, c * 2 ** (n_levels + 1))
+
+    @classmethod
+    def from_config(cls, cfg, **overrides):
+        """The model of a run config (config.py's frozen one): its
+        architecture fields, with `overrides` (e.g. loop_steps=False for an
+        unrolled copy)."""
+        kwargs = dict(n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width, permutation=cfg.permutation,
+                      coupling=cfg.coupling, n_bits_x=cfg.n_bits_x, learntop=cfg.learntop, ycond=cfg.ycond,
+                      n_y=cfg.n_y, weight_y=cfg.weight_y, loop_steps=cfg.loop_steps)
+        kwargs.update(overrides)
+        return cls(cfg.image_shape, **kwargs)
 
     # -- scopes and pre/post-processing ------------------------------------
 

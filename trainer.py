@@ -24,10 +24,7 @@ class Trainer(object):
     def __init__(self, cfg, backend, session_factory):
         self.cfg = cfg
         self.backend = backend
-        self.glow = glow_model.Glow(
-            cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
-            permutation=cfg.permutation, coupling=cfg.coupling, n_bits_x=cfg.n_bits_x,
-            learntop=cfg.learntop, ycond=cfg.ycond, n_y=cfg.n_y, weight_y=cfg.weight_y, loop_steps=cfg.loop_steps)
+        self.glow = glow_model.Glow.from_config(cfg)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(backend.rank_seed(cfg.seed))

@@ -279,8 +279,7 @@ def count_flops(tf, cfg, batch):
     import memory_saving_gradients
     import model as glow_model
 
-    glow = glow_model.Glow(cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
-                           permutation=cfg.permutation, coupling=cfg.coupling, learntop=cfg.learntop)
+    glow = glow_model.Glow.from_config(cfg, loop_steps=False)  # unrolled: same FLOPs, countable ops
     with tf.Graph().as_default():
         x = tf.placeholder(tf.uint8, [batch] + list(cfg.image_shape))
         y = tf.placeholder(tf.int32, [batch])
@@ -364,8 +363,7 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
     import memory_saving_gradients
     import model as glow_model
 
-    glow = glow_model.Glow(cfg.image_shape, n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width,
-                           permutation=cfg.permutation, coupling=cfg.coupling, learntop=cfg.learntop)
+    glow = glow_model.Glow.from_config(cfg, loop_steps=False)
     with trainer.graph.as_default():
         values = {v.op.name: v for v in tf.trainable_variables()}
         values = dict(zip(values, trainer.sess.run(list(values.values()))))
