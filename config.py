@@ -92,8 +92,8 @@ def build_parser():
     a("--precision_mode", default="allow_fp32_to_fp16", help="Ascend precision mode (--device npu)")
     a("--xla", action="store_true", help="XLA JIT (CPU/GPU)")
     a("--loop_steps", action="store_true",
-      help="run each level's flow steps as a tf.while_loop: the graph, and the memory it takes, stop growing "
-           "with --depth (same variables and checkpoints)")
+      help="run each level's flow steps as a tf.while_loop over variables stacked over the steps: the graph, "
+           "and the memory it takes, stop growing with --depth (checkpoints restore either way)")
     a("--loss_scale", default="1", help="loss scaling for reduced precision: a number (1: off) or 'dynamic'")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --logdir")
     a("--save_every", type=int, default=1, help="epochs between checkpoints")

@@ -150,14 +150,12 @@ STEP_SCOPE = "step"
 
 class _StackedGetter(object):
     """Custom getter for the body of `looped_flow`: the step's variable
-    `<scope>/step/<name>` is step i's, row i of stacks[name]: a stack of that
-    variable's values over the steps, or of their resource handles (then
-    read here as like[name] = (dtype, shape))."""
+    `<scope>/step/<name>` is step i's, row i of stacks[name] (that variable
+    stacked over the steps, [depth, ...])."""
 
-    def __init__(self, prefix, stacks, like, i):
+    def __init__(self, prefix, stacks, i):
         self.prefix = prefix
         self.stacks = stacks
-        self.like = like
         self.i = i
 
     def __call__(self, getter, name, *args, **kwargs):
@@ -165,17 +163,7 @@ class _StackedGetter(object):
         if key not in self.stacks:
             raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
                              % (name, ", ".join(sorted(self.stacks)), self.prefix))
-        row = tf.gather(self.stacks[key], self.i)
-        if row.dtype != tf.resource:
-            return row
-        dtype, shape = self.like[key]
-        value = tf.raw_ops.ReadVariableOp(resource=row, dtype=dtype)
-        value.set_shape(shape)
-        return value
-
-
-def _is_resource_variable(v):
-    return hasattr(v, "handle") and getattr(v.handle, "dtype", None) == tf.resource
+        return tf.gather(self.stacks[key], self.i)
 
 
 def _loop(n, body, loop_vars, backwards=False, back_prop=True):
@@ -198,14 +186,14 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
     inverses, last to first; mode 'none' only).
 
     The graph then holds one step's ops per level instead of `depth` copies,
-    and in TF graph mode memory follows the ops (docs/BENCHMARKS.md). The steps
-    keep their own variables (their names are checkpoint keys): step(z,
-    logdet, reverse) builds its ops and gets its variables under variable
-    scope `STEP_SCOPE` in the current one, and iteration i reads each
-    variable `STEP_SCOPE/<name>` as step i's: params[name] (the trainable
-    float variables, differentiated) or constants[name] (the others) lists
-    that variable of each step, 0 to depth-1 (resource variables, or
-    tensors of their values).
+    and in TF graph mode memory follows the ops (docs/BENCHMARKS.md). Each
+    variable of the steps is one variable stacked over them, so the
+    optimizer, the averages and the saver do not grow with depth either:
+    step(z, logdet, reverse) builds its ops and gets its variables under
+    variable scope `STEP_SCOPE` in the current one, and iteration i reads
+    each variable `STEP_SCOPE/<name>` as row i of params[name] (the
+    trainable float variables, differentiated) or constants[name] (the
+    others): [depth, ...] resource variables, or tensors of their values.
 
     'none' differentiates through the loop (TF keeps every iteration's
     activations); 'recompute' keeps each step's input in a TensorArray and
@@ -223,28 +211,22 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
         raise ValueError("looped_flow: ddi_init is a forward pass without gradient; got mode %r, reverse %r"
                          % (mode, reverse))
     variables = dict(params, **constants)
-    for name, steps in variables.items():
-        if len(steps) != depth:
-            raise ValueError("looped_flow: %d variables %s for depth %d" % (len(steps), name, depth))
+    for name, v in variables.items():
+        if v.get_shape().ndims is None or tf.dimension_value(v.get_shape()[0]) != depth:
+            raise ValueError("looped_flow: variable %s has shape %s, expected [depth %d, ...]"
+                             % (name, v.get_shape(), depth))
     scope = tf.get_variable_scope()
     prefix = scope.name + "/" + STEP_SCOPE + "/"
     names = sorted(params)
-    like = {name: (steps[0].dtype.base_dtype, steps[0].get_shape()) for name, steps in variables.items()}
-    # Where no gradient flows through the loop, it reads the variables by
-    # their stacked resource handles, which copies no weight: a stack of
-    # values would hold a second copy of the level's weights for the step.
-    by_handle = all(_is_resource_variable(v) for steps in variables.values() for v in steps)
-
-    def stack(steps, by_handle):
-        if by_handle:
-            return tf.stack([v.handle for v in steps])  # [depth] resource handles
-        return tf.stack([tf.convert_to_tensor(v) for v in steps])  # [depth, ...]
-
-    fixed = {name: stack(steps, by_handle) for name, steps in constants.items()}
+    like = {name: (v.dtype.base_dtype, v.get_shape()[1:]) for name, v in variables.items()}
+    # The loops gather each step's rows from one read per variable: an alias
+    # of its buffer, not a copy. (Gathering rows by the variable's handle,
+    # ResourceGather, measured the same peak; this is the simpler graph.)
+    fixed = {name: tf.convert_to_tensor(v) for name, v in constants.items()}
 
     def in_step(i, stacks):
         """The variable scope in which the step's variables are step i's."""
-        getter = _StackedGetter(prefix, dict(stacks, **fixed), like, i)
+        getter = _StackedGetter(prefix, dict(stacks, **fixed), i)
         return tf.variable_scope(scope, reuse=True, custom_getter=getter, auxiliary_name_scope=False)
 
     def forward(z, logdet, stacks, back_prop, kept=None, backwards=False):
@@ -260,27 +242,26 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
         return out if kept is not None else out + [None]
 
     if ddi_init:
-        stacks = {name: stack(params[name], by_handle) for name in names}
+        stacks = {name: tf.convert_to_tensor(params[name]) for name in names}
         return _looped_ddi(step, variables, prefix, lambda i: in_step(i, stacks), z, logdet, depth)
 
     if mode == "none":
-        # Forward: differentiable, tf.stack's gradient gives each variable its
-        # row. Reverse (decoding) is never differentiated.
-        stacks = {name: stack(params[name], by_handle and reverse) for name in names}
+        # Forward: differentiable, each iteration's gather gives its row of
+        # the variable's gradient. Reverse (decoding) is never differentiated.
+        stacks = {name: tf.convert_to_tensor(params[name]) for name in names}
         return tuple(forward(z, logdet, stacks, True, backwards=reverse)[:2])
 
     record = _Flow(mode, scope.name)
     z_in = z
     # The custom gradient's inputs are the variables' reads, so that the
-    # gradients it returns reach the variables; the loops index the stacks.
-    reads = [tf.convert_to_tensor(v) for name in names for v in params[name]]
-    handles = {name: stack(params[name], True) for name in names} if by_handle else None
+    # gradients it returns reach the variables; the loops index them.
+    reads = [tf.convert_to_tensor(params[name]) for name in names]
 
     @tf.custom_gradient
     def checkpointed(z, logdet, *reads):
-        # The gradients go to the reads straight from the TensorArrays the
-        # backward loop writes (no stacked copy of every gradient).
-        stacks = handles or {name: tf.stack(reads[k * depth:(k + 1) * depth]) for k, name in enumerate(names)}
+        # The variables' gradients are the stacks of the TensorArrays the
+        # backward loop writes.
+        stacks = dict(zip(names, reads))
         inputs = tf.TensorArray(z.dtype, size=depth, element_shape=z.get_shape()) if mode == "recompute" else None
         z_out, logdet, inputs = forward(z, logdet, stacks, False, inputs)
 
@@ -304,7 +285,7 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
             grad_arrays = [tf.TensorArray(like[name][0], size=depth, element_shape=like[name][1]) for name in names]
             out = _loop(depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
             # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-            grads = [out[1], dlogdet] + [ta.read(i) for ta in out[2:] for i in range(depth)]
+            grads = [out[1], dlogdet] + _stack_and_close(out[2:])
             return (grads, [None] * len(variables)) if variables else grads
 
         record.stacks = stacks
@@ -333,6 +314,21 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
     record.looped_inputs = inputs_both_ways
     tf.add_to_collection(_COLLECTION, record)
     return z, logdet
+
+
+def _stack_and_close(arrays):
+    """Each TensorArray's rows as one tensor, one array at a time, each
+    closed once stacked: its rows would otherwise stay alive until the
+    session run ends, a second copy of every gradient."""
+    stacked = []
+    for ta in arrays:
+        with tf.control_dependencies(stacked[-1:]):
+            value = ta.stack()
+        with tf.control_dependencies([value]):
+            closed = ta.close()
+        with tf.control_dependencies([closed]):
+            stacked.append(tf.identity(value))
+    return stacked
 
 
 def _looped_ddi(step, variables, prefix, in_step, z, logdet, depth):
@@ -364,8 +360,8 @@ def _looped_ddi(step, variables, prefix, in_step, z, logdet, depth):
                              % (name, prefix))
         shape = value.get_shape()
         size = shape.num_elements()
-        for i, v in enumerate(variables[key]):
-            assigns.append(v.assign(tf.cast(tf.reshape(rows[i, offset:offset + size], shape), value.dtype)))
+        stacked = tf.reshape(rows[:, offset:offset + size], [depth] + shape.as_list())
+        assigns.append(variables[key].assign(tf.cast(stacked, value.dtype)))
         offset += size
     with tf.control_dependencies(assigns):
         return tf.identity(z), tf.identity(logdet)
@@ -525,7 +521,8 @@ def gradients(loss, params, mode="none"):
 
     The loss must have been built with the same mode (`Glow.losses(...,
     checkpointing=mode)`); the gradients themselves come from the custom
-    gradients that graph holds, so this is tf.gradients after that check."""
+    gradients that graph holds, so this is tf.gradients after that check
+    (dense tensors: see below)."""
     effective_mode(mode)
     built = sorted(set(r.mode for r in _flows_under(loss)))
     if mode == "none" and built:
@@ -534,7 +531,11 @@ def gradients(loss, params, mode="none"):
     if mode != "none" and built != [mode]:
         raise ValueError("gradients(mode=%r) of a loss whose flow was built with checkpointing %s: build it "
                          "with Glow.losses(..., checkpointing=%r)" % (mode, ", ".join(built) or "'none'", mode))
-    return tf.gradients(loss, params)
+    # A looped flow's plain backprop gives its stacked variables the rows
+    # each iteration gathered (IndexedSlices): the optimizers want them dense.
+    grads = tf.gradients(loss, params)
+    return [tf.math.unsorted_segment_sum(g.values, g.indices, tf.dimension_value(p.get_shape()[0]))
+            if isinstance(g, tf.IndexedSlices) else g for g, p in zip(grads, params)]
 
 
 def reconstruction_error(loss):

@@ -13,6 +13,7 @@ evaluation graph read other values for the same variables (the Polyak
 averages), without swapping weights in and out.
 """
 import collections
+import re
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -31,6 +32,38 @@ top last (what `decode` takes to invert exactly); zs: the split-off halves and
 the top z (before standardisation), in the same order."""
 
 
+def _stacked_request(name, steps):
+    """tf.get_variable kwargs for one variable stacked over the steps, from
+    each step's request for it (`steps`, in step order)."""
+    first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
+    inits = [s.get("initializer") for s in steps]
+    if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
+        first["initializer"] = np.stack([np.asarray(i) for i in inits])
+        first["shape"] = None
+        return first
+    same = all(type(i) is type(inits[0]) and hasattr(i, "get_config") and i.get_config() == inits[0].get_config()
+               for i in inits)
+    if not same or first.get("shape") is None:
+        raise ValueError("looped steps: variable %r has initialisers %r, which cannot be stacked (expected NumPy "
+                         "values, or one TF initializer object of the same config for every step)"
+                         % (name, sorted(set(type(i).__name__ for i in inits))))
+    first["shape"] = [len(steps)] + list(tf.TensorShape(first["shape"]).as_list())
+    return first
+
+
+def step_key(name):
+    """A looped build's stacked step variable name (or checkpoint key, a
+    slot's included) for an unrolled build's: ("model/0/step/actnorm/b", 3)
+    for "model/0/3/actnorm/b"; None for names that are not a step's."""
+    match = _UNROLLED_STEP.match(name)
+    if match is None:
+        return None
+    return "%s/%s/%s" % (match.group(1), memory_saving_gradients.STEP_SCOPE, match.group(3)), int(match.group(2))
+
+
+_UNROLLED_STEP = re.compile(r"^(.*?/\d+)/(\d+)/(.+)$")
+
+
 class Glow(object):
     """Glow's hyperparameters and the graphs built from them.
 
@@ -38,9 +71,11 @@ class Glow(object):
     2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
     tfops.COUPLINGS. loop_steps: run each level's steps as a tf.while_loop
     over one copy of the step in every graph, the data-dependent init's too
-    (memory_saving_gradients.looped_flow): same variables and results, a
-    graph whose size does not grow with depth. The model never reads flags:
-    train.py passes numbers (from_config)."""
+    (memory_saving_gradients.looped_flow), with each variable of the steps
+    stacked over them ([depth, ...], step_key): same results, a graph whose
+    size does not grow with depth (Trainer converts checkpoints between the
+    two layouts on restore). The model never reads flags: train.py passes
+    numbers (from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
@@ -156,46 +191,44 @@ class Glow(object):
         return z, logdet
 
     def _stacked_step_variables(self, z, n_channels):
-        """For looped_flow, under a level's variable scope: every variable of
-        its steps as ({name in the step: that variable of step 0 to depth-1},
-        for the trainable float variables; {the same, for the others}), as
-        the scope's custom getter gives them (an evaluation graph's: the
-        Polyak averages). The first graph to ask creates them
-        (_create_step_variables)."""
-        scope = tf.get_variable_scope().name
-        first = scope + "/0/"
+        """For looped_flow, under a level's variable scope: its steps'
+        variables, each stacked over the steps as one variable
+        `STEP_SCOPE/<name>` of shape [depth, ...] (row i is step i's), as the
+        scope's custom getter gives them (an evaluation graph's: the Polyak
+        averages): ({name: variable or tensor} for the trainable float
+        variables, {the same} for the others). The first graph to ask
+        creates them (_create_step_variables)."""
+        prefix = tf.get_variable_scope().name + "/" + memory_saving_gradients.STEP_SCOPE + "/"
 
-        def step0_variables():
-            return [v for v in tf.global_variables() if v.op.name.startswith(first)]
+        def stacked():
+            return [v for v in tf.global_variables() if v.op.name.startswith(prefix)]
 
-        if not step0_variables():
+        if not stacked():
             self._create_step_variables(z, n_channels)
         params, constants = {}, {}
-        for v in step0_variables():
-            name = v.op.name[len(first):]
-            steps = []
-            for i in range(self.depth):
-                with tf.variable_scope(str(i), reuse=True):
-                    steps.append(tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype,
-                                                 trainable=v.trainable))
-            (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = steps
+        for v in stacked():
+            name = v.op.name[len(prefix):]
+            with tf.variable_scope(memory_saving_gradients.STEP_SCOPE, reuse=True):
+                value = tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype, trainable=v.trainable)
+            (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = value
         return params, constants
 
     def _create_step_variables(self, z, n_channels):
-        """Create each step's variables, under the level's variable scope,
+        """Create a level's stacked step variables (_stacked_step_variables)
         without building `depth` steps' ops in this graph: each step is
-        built in a scratch graph of its own under the same scope names and
-        graph seed, which records what it asks tf.get_variable for; the
-        variables are created here from those requests. Initial values
-        drawn in NumPy from the scope's name (tfops.layer_rng: the 1x1
-        convs, permutations) are an unrolled build's; those of TF's random
-        initialisers depend on the op count, so differ from an unrolled
-        build's."""
+        built in a scratch graph of its own under an unrolled build's scope
+        names and graph seed, which records what it asks tf.get_variable
+        for; each stacked variable's initial value stacks those of the
+        steps. Initial values drawn in NumPy from the scope's name
+        (tfops.layer_rng: the 1x1 convs, permutations) are an unrolled
+        build's, row by row; TF's random initialisers draw the whole stack
+        at once, so differ from an unrolled build's."""
         scope = tf.get_variable_scope().name
-        requests = []
+        requests = collections.OrderedDict()  # name in the step -> [the tf.get_variable kwargs of each step]
 
         def record(getter, name, *args, **kwargs):
-            requests.append((name, kwargs))
+            step_name = name[len(scope) + 1:].split("/", 1)[1]
+            requests.setdefault(step_name, []).append(kwargs)
             return getter(name, *args, **kwargs)
 
         seed = tf.get_default_graph().seed
@@ -206,9 +239,9 @@ class Glow(object):
                 logdet = tf.zeros([tf.shape(z_in)[0]], z.dtype)
                 with tf.variable_scope(scope, custom_getter=record):
                     self._flow_step(str(i), n_channels)(z_in, logdet, False)
-        for name, kwargs in requests:
-            kwargs = dict((k, v) for k, v in kwargs.items() if k not in ("reuse", "custom_getter"))
-            tf.get_variable(name[len(scope) + 1:], **kwargs)
+        with tf.variable_scope(memory_saving_gradients.STEP_SCOPE):
+            for name, steps in requests.items():
+                tf.get_variable(name, **_stacked_request(name, steps))
 
     def encode(self, x, y=None, custom_getter=None, checkpointing="none"):
         """x: preprocessed (and dequantised) data [B,H,W,C], y: labels [B]

@@ -48,6 +48,8 @@ import math
 
 import tensorflow.compat.v1 as tf
 
+import tfops
+
 OPTIMIZERS = ("adam", "adamax")
 
 TrainOp = collections.namedtuple(
@@ -281,8 +283,8 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
                                     initializer=tf.zeros_initializer(),
                                     trainable=False, use_resource=True)
         # beta1 = 0 (m1 = g) keeps an m1 slot too: the fused kernels need one.
-        m1s = [_slot(p, "m1", tf.zeros_initializer()) for p in params]
-        m2s = [_slot(p, "m2", tf.zeros_initializer()) for p in params]
+        m1s = [_slot(p, "m1", tfops.Zeros()) for p in params]
+        m2s = [_slot(p, "m2", tfops.Zeros()) for p in params]
     ema = polyak(params, polyak_decay, scope=scope)
     slots = [step, n_skipped] + m1s + m2s + ema.variables
 

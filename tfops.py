@@ -94,6 +94,30 @@ def layer_rng(seed_extra=0):
     return np.random.RandomState((zlib.crc32(scope.encode("utf-8")) + 7919 * graph_seed + seed_extra) % (2 ** 32))
 
 
+class Zeros(object):
+    """Initializer of zeros computed when the initialiser runs.
+
+    tf.zeros_initializer's zeros are a constant to Grappler, which folds them
+    into a Const tensor of the variable's size; the session caches the
+    executor of the initialiser run, and with it that tensor, for as long
+    as the session lives. For the optimizer slots and the zero-initialised
+    weights of the paper's model with --loop_steps that kept over twice the
+    weights' size resident (docs/BENCHMARKS.md). Grappler does not fold a
+    large fill from a PlaceholderWithDefault; it still folds small ones
+    (below about 10 MiB), and shares them between same-shaped variables."""
+
+    def __init__(self, dtype=tf.float32):
+        self.dtype = tf.as_dtype(dtype)
+
+    def __call__(self, shape, dtype=None, partition_info=None):
+        dtype = tf.as_dtype(dtype or self.dtype)
+        zero = tf.placeholder_with_default(tf.zeros([], dtype), [])
+        return tf.fill(shape, zero)
+
+    def get_config(self):
+        return {"dtype": self.dtype.name}
+
+
 @add_arg_scope
 def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True, record=None):
     """A variable with data-dependent initialisation.
@@ -112,7 +136,7 @@ def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=Tr
         value = tf.reshape(tf.cast(initial_value, dtype), shape)
         record.append((tf.get_variable_scope().name + "/" + name, value))
         return value
-    w = tf.get_variable(name, shape, dtype, initializer=tf.zeros_initializer(), trainable=trainable)
+    w = tf.get_variable(name, shape, dtype, initializer=Zeros(), trainable=trainable)
     if init:
         assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
         with tf.control_dependencies([assigned]):
@@ -439,9 +463,9 @@ def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FA
         h, w_, n_in = int_shape(x)[1:]
         edge = filter_size != [1, 1]
         w = tf.get_variable("W", filter_size + [n_in + int(edge), width], x.dtype,
-                            initializer=tf.zeros_initializer())
-        b = tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
-        logs = tf.get_variable("logs", [width], x.dtype, initializer=tf.zeros_initializer())
+                            initializer=Zeros())
+        b = tf.get_variable("b", [width], x.dtype, initializer=Zeros())
+        logs = tf.get_variable("logs", [width], x.dtype, initializer=Zeros())
         scale = tf.exp(logs * logscale_factor)
         w = w * scale
         bias = b * scale
@@ -456,9 +480,9 @@ def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):
     """Zero-initialised dense layer with per-unit scale exp(3 * logs)."""
     with tf.variable_scope(name):
         n_in = int_shape(x)[1]
-        w = tf.get_variable("W", [n_in, width], x.dtype, initializer=tf.zeros_initializer())
-        b = tf.get_variable("b", [width], x.dtype, initializer=tf.zeros_initializer())
-        logs = tf.get_variable("logs", [width], x.dtype, initializer=tf.zeros_initializer())
+        w = tf.get_variable("W", [n_in, width], x.dtype, initializer=Zeros())
+        b = tf.get_variable("b", [width], x.dtype, initializer=Zeros())
+        logs = tf.get_variable("logs", [width], x.dtype, initializer=Zeros())
         return (tf.matmul(x, w) + b) * tf.exp(logs * logscale_factor)
 
 

@@ -8,6 +8,8 @@ sampling and encoding graphs that read the Polyak averages through a custom
 getter. The loop itself lives in train.py.
 """
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -104,6 +106,7 @@ class Trainer(object):
         self.broadcast = self.backend.broadcast_variables(tf.global_variables())
         self.global_init = tf.global_variables_initializer()
         self.saver = tf.train.Saver(max_to_keep=2, save_relative_paths=True)
+        self.saved_shapes = dict((v.op.name, v.get_shape().as_list()) for v in tf.global_variables())
         # The best checkpoint's saver runs the same save/restore ops (a second
         # Saver would build its own, a few per variable); only what it keeps
         # on disk differs.
@@ -133,7 +136,11 @@ class Trainer(object):
         ranks equal to rank 0."""
         prefix = resolve_checkpoint(path)
         self.sess.run(self.global_init)
-        self.saver.restore(self.sess, prefix)
+        scratch = tempfile.mkdtemp(prefix="glow-restore-")
+        try:
+            self.saver.restore(self.sess, checkpoint_in_layout(prefix, self.saved_shapes, scratch))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         self.sess.run(self.broadcast)
         return prefix
 
@@ -255,3 +262,52 @@ def resolve_checkpoint(path):
         raise ValueError("--restore_path %s: no such checkpoint (expected a folder or a prefix like "
                          "logs/checkpoints/model.ckpt-1000 with its .index file)" % path)
     return path
+
+
+def checkpoint_in_layout(prefix, shapes, scratch_dir):
+    """A checkpoint holding the variables `shapes` ({key: shape}, a graph's
+    saver keys) from checkpoint `prefix`: `prefix` itself when it has them
+    all; else a copy written under scratch_dir in which step variables are
+    converted between the unrolled layout (one variable per flow step, the
+    default) and the looped one (--loop_steps: one per level stacked over
+    the steps, model.step_key), both ways, slots and averages included. So
+    a run written with --loop_steps resumes, evaluates or samples without
+    it and the other way round. A variable found in neither layout is a
+    ValueError naming it."""
+    reader = tf.train.load_checkpoint(prefix)
+    have = reader.get_variable_to_shape_map()
+    if all(list(have.get(key, [-1])) == list(shape) for key, shape in shapes.items()):
+        return prefix
+    rows = {}  # stacked key -> {step: the checkpoint's key of that step's variable}
+    for key in have:
+        stacked = glow_model.step_key(key)
+        if stacked is not None:
+            rows.setdefault(stacked[0], {})[stacked[1]] = key
+    values, missing = {}, []
+    for key, shape in sorted(shapes.items()):
+        stacked = glow_model.step_key(key)
+        if key in have:
+            values[key] = reader.get_tensor(key)
+        elif stacked is not None and stacked[0] in have:
+            values[key] = reader.get_tensor(stacked[0])[stacked[1]]
+        elif key in rows and sorted(rows[key]) == list(range(shape[0] if shape else 0)):
+            values[key] = np.stack([reader.get_tensor(rows[key][i]) for i in range(shape[0])])
+        else:
+            missing.append(key)
+            continue
+        if list(values[key].shape) != shape:
+            missing.append("%s (shape %s in the checkpoint, %s here)" % (key, list(values[key].shape), shape))
+    if missing:
+        raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: was it written by a "
+                         "model with other flags (--n_levels, --depth, --width, --flow_permutation, "
+                         "--flow_coupling, --learntop, --ycond)?" % (prefix, len(missing), ", ".join(missing[:3])))
+    keys = sorted(values)
+    out = os.path.join(scratch_dir, "converted.ckpt")
+    with tf.Graph().as_default():
+        holders = [tf.placeholder(tf.as_dtype(values[k].dtype)) for k in keys]
+        save = tf.raw_ops.SaveV2(prefix=out, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                                 tensors=holders)
+        with tf.Session() as sess:
+            sess.run(save, dict(zip(holders, [values[k] for k in keys])))
+    return out
+

@@ -363,7 +363,7 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
     import memory_saving_gradients
     import model as glow_model
 
-    glow = glow_model.Glow.from_config(cfg, loop_steps=False)
+    glow = glow_model.Glow.from_config(cfg)  # the trainer's variables, whatever the layout
     with trainer.graph.as_default():
         values = {v.op.name: v for v in tf.trainable_variables()}
         values = dict(zip(values, trainer.sess.run(list(values.values()))))

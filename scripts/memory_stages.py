@@ -8,8 +8,9 @@ the memory goes".
 Builds the trainer of bench.py's `cifar` config at --depth (uniform noise,
 batch 64 or --batch), then prints one JSON line: peak RSS (ru_maxrss) and current RSS
 after the imports, the graph build, data-dependent init and each training
-step (--steps); the number of ops, the GraphDef size and the ops per top-level name
-scope.
+step (--steps); the bytes of all variables (weights, optimizer slots, Polyak
+averages) and the peak minus them; the number of ops, the GraphDef size and the
+ops per top-level name scope.
 """
 import argparse
 import collections
@@ -65,6 +66,8 @@ def main():
     trainer = trainer_lib.Trainer(cfg, runtime.make_backend("none", "cpu"), make_session)
     stages["graph_built"] = rss_mib()
     ops = trainer.graph.get_operations()
+    with trainer.graph.as_default():
+        variable_bytes = sum(v.get_shape().num_elements() * v.dtype.base_dtype.size for v in tf.global_variables())
     batch = spec["config"]["batch"]
     x = np.random.RandomState(0).randint(0, 256, [batch] + list(cfg.image_shape)).astype(np.uint8)
     y = np.zeros([batch], np.int32)
@@ -77,7 +80,9 @@ def main():
     print(json.dumps(dict(
         depth=args.depth, mode=args.mode, batch=batch, loop_steps=args.loop_steps, grappler_off=args.grappler_off,
         malloc_settings=malloc,
-        rss_mib_peak_current=stages, n_ops=len(ops),
+        rss_mib_peak_current=stages, variables_mib=round(variable_bytes / 2.0 ** 20, 1),
+        peak_minus_variables_mib=round(max(peak for peak, _ in stages.values()) - variable_bytes / 2.0 ** 20, 1),
+        n_ops=len(ops),
         graphdef_mib=round(trainer.graph.as_graph_def().ByteSize() / 2.0 ** 20, 1),
         ops_by_scope=collections.Counter(op.name.split("/")[0] for op in ops).most_common(12))))
 

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
@@ -149,6 +151,11 @@ def test_memory_stages_reports_each_stage_and_the_ops():
         assert 0 < current <= peak + 1
     scopes = dict(report["ops_by_scope"])
     assert sum(scopes.values()) <= report["n_ops"] and "gradients" in scopes
+    # Weights, two optimizer slots and the Polyak average: 4 float32 copies
+    # of the paper's depth-1 model's parameters (about 1.5 million).
+    assert 20 < report["variables_mib"] < 25
+    peak = max(p for p, _ in report["rss_mib_peak_current"].values())
+    assert report["peak_minus_variables_mib"] == pytest.approx(peak - report["variables_mib"], abs=0.2)
 
 
 def test_memory_stages_build_only_with_loop_steps():

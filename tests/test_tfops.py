@@ -189,3 +189,22 @@ def test_log_abs_det_gradient_matches_tf_and_survives_singular():
                 sess.run(theirs_grad, {w: bad})
             g = sess.run(ours_grad, {w: bad})
             assert not np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("initializer,folded", [(tfops.Zeros, False), (tf.zeros_initializer, True)])
+def test_zeros_initializer_is_not_folded_into_a_constant(initializer, folded):
+    """tfops.Zeros' zeros for a 16 MiB variable are computed when the
+    initialiser runs: Grappler does not turn them into a Const of the
+    variable's size, which the session would keep with the cached init
+    executor. tf.zeros_initializer shows the check sees such a constant."""
+    with tf.Graph().as_default():
+        v = tf.get_variable("v", [1024, 4096], tf.float32, initializer=initializer(), use_resource=True)
+        options = tf.RunOptions(output_partition_graphs=True)
+        metadata = tf.RunMetadata()
+        with tf.Session() as sess:
+            sess.run(v.initializer, options=options, run_metadata=metadata)
+            assert not np.any(sess.run(v))
+    big = [node.name for g in metadata.partition_graphs for node in g.node if node.op == "Const"
+           and np.prod([d.size for d in node.attr["value"].tensor.tensor_shape.dim]) >= 1024 * 4096]
+    assert bool(big) == folded, big
+    assert tfops.Zeros().get_config() == tfops.Zeros(tf.float32).get_config() != tfops.Zeros(tf.float64).get_config()

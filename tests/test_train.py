@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+import tensorflow.compat.v1 as tf
+
 import train
+import trainer as trainer_lib
 import utils
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -197,10 +200,11 @@ def test_modes_inference_evaluate_sample(tmp_path):
     assert os.path.exists(os.path.join(logdir, "samples_t0.50.png"))
 
 
-def test_loop_steps_trains_and_keeps_the_checkpoint_format(tmp_path):
-    """--loop_steps with invertible backprop trains; its checkpoint holds the
-    unrolled model's variables, so encoding the test set from it with and
-    without --loop_steps gives the same latents."""
+def test_loop_steps_trains_and_its_checkpoint_restores_unrolled(tmp_path):
+    """--loop_steps with invertible backprop trains; its checkpoint (step
+    variables stacked over the steps) restores into the unrolled model too,
+    so encoding the test set from it with and without --loop_steps gives
+    the same latents."""
     status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "10", "--loop_steps",
                           "--gradient_checkpointing", "2")
     assert status == 0
@@ -211,6 +215,47 @@ def test_loop_steps_trains_and_keeps_the_checkpoint_format(tmp_path):
         latents[bool(flags)] = np.load(os.path.join(logdir, "z.npy"))
     assert np.abs(latents[True]).max() > 0.1
     np.testing.assert_allclose(latents[True], latents[False], rtol=1e-4, atol=1e-4)
+
+
+def _write_checkpoint(prefix, values):
+    with tf.Graph().as_default():
+        variables = [tf.get_variable(k, initializer=v, use_resource=True) for k, v in sorted(values.items())]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            tf.train.Saver(variables).save(sess, prefix)
+
+
+def test_checkpoint_layouts_convert_both_ways(tmp_path):
+    """Unrolled step variables (and their slots) stack into the looped
+    layout and unstack back; the written checkpoint is left as it was; a
+    variable in neither layout is named in the error."""
+    rng = np.random.RandomState(0)
+    unrolled = dict(("%smodel/1/%d/actnorm/b%s" % (pre, i, post), rng.randn(3).astype(np.float32))
+                    for i in range(4) for pre, post in (("", ""), ("optim/", "/m")))
+    unrolled["model/pool0/conv/W"] = rng.randn(2, 2).astype(np.float32)
+    stacked = {"model/1/step/actnorm/b": np.stack([unrolled["model/1/%d/actnorm/b" % i] for i in range(4)]),
+               "optim/model/1/step/actnorm/b/m": np.stack([unrolled["optim/model/1/%d/actnorm/b/m" % i]
+                                                           for i in range(4)]),
+               "model/pool0/conv/W": unrolled["model/pool0/conv/W"]}
+    for name, source, target in (("unrolled", unrolled, stacked), ("stacked", stacked, unrolled)):
+        prefix = str(tmp_path / name / "model.ckpt")
+        _write_checkpoint(prefix, source)
+        shapes = dict((k, list(v.shape)) for k, v in target.items())
+        assert trainer_lib.checkpoint_in_layout(prefix, dict((k, list(v.shape)) for k, v in source.items()),
+                                                str(tmp_path)) == prefix
+        converted = trainer_lib.checkpoint_in_layout(prefix, shapes, str(tmp_path))
+        assert converted != prefix
+        reader = tf.train.load_checkpoint(converted)
+        assert sorted(reader.get_variable_to_shape_map()) == sorted(target)
+        for key, value in target.items():
+            np.testing.assert_array_equal(reader.get_tensor(key), value, err_msg=key)
+        assert sorted(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()) == sorted(source)
+    with pytest.raises(ValueError, match="does not hold 1 of this model's variables, e.g. model/2/step/actnorm/b"):
+        trainer_lib.checkpoint_in_layout(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}),
+                                         str(tmp_path))
+    with pytest.raises(ValueError, match=r"model/1/step/actnorm/b \(shape \[4, 3\] in the checkpoint, \[5, 3\]"):
+        trainer_lib.checkpoint_in_layout(str(tmp_path / "stacked" / "model.ckpt"),
+                                         {"model/1/step/actnorm/b": [5, 3]}, str(tmp_path))
 
 
 @pytest.mark.parametrize("flags,message", [
