@@ -285,7 +285,7 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
             grad_arrays = [tf.TensorArray(like[name][0], size=depth, element_shape=like[name][1]) for name in names]
             out = _loop(depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
             # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-            grads = [out[1], dlogdet] + _stack_and_close(out[2:])
+            grads = [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
             return (grads, [None] * len(variables)) if variables else grads
 
         record.stacks = stacks
@@ -314,21 +314,6 @@ def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=
     record.looped_inputs = inputs_both_ways
     tf.add_to_collection(_COLLECTION, record)
     return z, logdet
-
-
-def _stack_and_close(arrays):
-    """Each TensorArray's rows as one tensor, one array at a time, each
-    closed once stacked: its rows would otherwise stay alive until the
-    session run ends, a second copy of every gradient."""
-    stacked = []
-    for ta in arrays:
-        with tf.control_dependencies(stacked[-1:]):
-            value = ta.stack()
-        with tf.control_dependencies([value]):
-            closed = ta.close()
-        with tf.control_dependencies([closed]):
-            stacked.append(tf.identity(value))
-    return stacked
 
 
 def _looped_ddi(step, variables, prefix, in_step, z, logdet, depth):

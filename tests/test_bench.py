@@ -125,10 +125,11 @@ def test_fast_convolutions_compute_openai_glows_layers():
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-def _json_line(script, *args):
+def _json_line(script, *args, env=None):
     """The JSON line a diagnostic script prints (its last line of stdout)."""
     cmd = [sys.executable, os.path.join(ROOT, "scripts", script)] + list(args)
-    done = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900)
+    done = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900,
+                          env=dict(os.environ, **(env or {})))
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
@@ -163,3 +164,15 @@ def test_memory_stages_build_only_with_loop_steps():
     assert report["loop_steps"] is True
     assert list(report["rss_mib_peak_current"]) == ["imports", "graph_built"]
     assert report["n_ops"] > 1000 and "gradients" in dict(report["ops_by_scope"])
+
+
+def test_memory_trace_reports_each_run():
+    report = _json_line("memory_trace.py", "--depth", "1", "--batch", "2", "--steps", "2", "--loop_steps",
+                        env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})
+    runs = report["in_use_mib"]
+    assert list(runs) == ["global_init", "init_pass", "polyak_seed", "step_1", "step_2"]
+    assert 20 < report["variables_mib"] < 25  # the paper's model at depth 1, as in memory_stages
+    for name, run in runs.items():
+        if name != "polyak_seed":  # its assignments may only alias the weights: nothing allocated
+            assert 0 < run["least"] <= run["first"] <= run["most"], (name, run)
+            assert run["at"], name
