@@ -6,9 +6,9 @@ allocator's retention, libraries).
     TF_CPU_ALLOCATOR_USE_BFC=true python scripts/memory_trace.py --depth 32 [--mode invertible] [--loop_steps]
 
 Builds the trainer of bench.py's `cifar` config at --depth as
-memory_stages.py does, then runs the initialisers, the data-dependent init
-and --steps training steps, each traced (tf.RunOptions FULL_TRACE), and
-prints one JSON line: for each run, the allocator's bytes in use when its
+memory_stages.py does (memory_stages.paper_trainer), then runs the
+initialisers, the data-dependent init and --steps training steps, each
+traced (tf.RunOptions FULL_TRACE), and prints one JSON line: for each run, the allocator's bytes in use when its
 first op ran (what earlier runs left behind), the least and the most during
 the run (MiB), and the op at the most (null where a run allocates
 nothing). TF 2.21's CPU allocator reports these only with
@@ -25,12 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
-import bench  # noqa: E402
+import memory_stages  # noqa: E402
 import runtime  # noqa: E402
-import trainer as trainer_lib  # noqa: E402
 
 
 def traced_run(sess, fetches, feed=None):
@@ -54,24 +52,13 @@ def traced_run(sess, fetches, feed=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--mode", default="invertible", choices=bench.MODES)
-    p.add_argument("--batch", type=int, default=64, help="training (and init) batch size")
-    p.add_argument("--steps", type=int, default=2, help="training steps")
-    p.add_argument("--loop_steps", action="store_true", help="train.py --loop_steps: each level's steps as a loop")
+    memory_stages.add_run_flags(p, mode="invertible")
     args = p.parse_args()
     tf.disable_v2_behavior()
     tf.logging.set_verbosity(tf.logging.ERROR)
     runtime.tune_malloc()
-    spec = dict(config=dict(bench.CONFIGS["cifar"], name="cifar", depth=args.depth, batch=args.batch,
-                            loop_steps=args.loop_steps),
-                mode=args.mode, xla=False)
-    cfg = bench.trainer_config(spec, 10)
-    trainer = trainer_lib.Trainer(cfg, runtime.make_backend("none", "cpu"),
-                                  lambda graph: tf.Session(graph=graph, config=runtime.session_config("cpu")))
-    rng = np.random.RandomState(0)
-    x = rng.randint(0, 256, [args.batch] + list(cfg.image_shape)).astype(np.uint8)
-    y = np.zeros([args.batch], np.int32)
+    trainer, x, y = memory_stages.paper_trainer(
+        args, lambda graph: tf.Session(graph=graph, config=runtime.session_config("cpu")))
     runs = collections.OrderedDict()
     # Trainer.initialize's runs, one by one.
     runs["global_init"] = traced_run(trainer.sess, trainer.global_init)
@@ -82,11 +69,9 @@ def main():
     for step in range(1, args.steps + 1):
         runs["step_%d" % step] = traced_run(
             trainer.sess, [trainer.opt.train_op, trainer.opt.grads_finite, trainer.train_stats], feed)
-    with trainer.graph.as_default():
-        variable_bytes = sum(v.get_shape().num_elements() * v.dtype.base_dtype.size for v in tf.global_variables())
     print(json.dumps(dict(depth=args.depth, mode=args.mode, batch=args.batch, loop_steps=args.loop_steps,
                           bfc=os.environ.get("TF_CPU_ALLOCATOR_USE_BFC"), tf_version=tf.version.VERSION,
-                          variables_mib=round(variable_bytes / 2.0 ** 20, 1), in_use_mib=runs)))
+                          variables_mib=memory_stages.variables_mib(trainer.graph), in_use_mib=runs)))
 
 
 if __name__ == "__main__":
