@@ -35,6 +35,15 @@ of --problem), and measures:
                               "model FLOPs" convention: recomputation does
                               not count as useful work; `utilisation_executed`
                               counts every FLOP the step runs);
+  CPU busy                    process CPU seconds per second of the timed
+                              training steps (2.0 is both cores of this
+                              machine; idle TF threads spin a while first);
+  traced step                 one training step traced: its span, summed op
+                              time, the share of the span with 0, 1, 2, 3+
+                              ops running, and the conv/matmul ops' summed
+                              time, with the FLOP/s that gives them against
+                              the matmul probe (below 1 where they share
+                              the cores with each other or with small ops);
   reconstruction error        'invertible' only: max relative error of the
                               step inputs the backward pass rebuilt
                               (memory_saving_gradients.reconstruction_error).
@@ -385,7 +394,8 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
 
 
 def trace_step(tf, trainer, x, y, lr):
-    """One traced training step: time per op type, allocator peak, XLA clusters."""
+    """One traced training step: time per op type and per layer, allocator
+    peak, XLA clusters, and how the step's ops shared the CPU (overlap)."""
     opts = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE, output_partition_graphs=True)
     md = tf.RunMetadata()
     # The fetches and feeds of Trainer.train_step, so that the session reuses
@@ -399,10 +409,12 @@ def trace_step(tf, trainer, x, y, lr):
         for node in g.node:
             names[node.name] = node.op
     by_layer = {}
+    spans = []
     for dev in md.step_stats.dev_stats:
         for ns in dev.node_stats:
             op_type = names.get(ns.node_name.split(":")[0], "other")
             micros = ns.all_end_rel_micros or (ns.op_end_rel_micros - ns.op_start_rel_micros)
+            spans.append((ns.all_start_micros, micros, op_type))
             by_type[op_type] = by_type.get(op_type, 0) + micros
             parts = ns.node_name.split("/")
             layer = [p for p in parts if p in LAYERS][-1:] or ["other"]
@@ -416,7 +428,26 @@ def trace_step(tf, trainer, x, y, lr):
     top_layer = sorted(by_layer.items(), key=lambda kv: -kv[1])[:25]
     clusters = sum(1 for op in names.values() if op in ("_XlaRun", "XlaRun"))
     return ({k: round(v / total, 4) for k, v in top}, {k: round(v / total, 4) for k, v in top_layer}, peak,
-            clusters)
+            clusters, overlap(spans))
+
+
+def overlap(spans):
+    """How the traced ops shared the CPU, from (start, duration, op type)
+    in microseconds: the step's span and summed op time in seconds, the
+    share of the span with 0, 1, 2, 3 or more ops running, and the summed
+    time of the conv/matmul ops (FLOP_OPS), the denominator of the FLOP/s
+    they got while running."""
+    if not spans:
+        return None
+    events = sorted([(start, 1) for start, _, _ in spans] + [(start + d, -1) for start, d, _ in spans])
+    running, last, share = 0, events[0][0], [0, 0, 0, 0]
+    for t, delta in events:
+        share[min(running, 3)] += t - last
+        running, last = running + delta, t
+    span = float(events[-1][0] - events[0][0]) or 1.0
+    return dict(span_seconds=round(span / 1e6, 6), op_seconds=round(sum(d for _, d, _ in spans) / 1e6, 6),
+                running_ops_share={k: round(v / span, 3) for k, v in zip(("0", "1", "2", "3+"), share)},
+                conv_matmul_op_seconds=round(sum(d for _, d, t in spans if t in FLOP_OPS) / 1e6, 6))
 
 
 def worker(spec):
@@ -465,10 +496,15 @@ def worker(spec):
     for _ in range(spec["warmup"]):
         trainer.train_step(x, y, lr)
     step_times = []
+    cpu = os.times()
     for _ in range(spec["steps"]):
         t = time.time()
         trainer.train_step(x, y, lr)
         step_times.append(time.time() - t)
+    cpu = [b - a for a, b in zip(cpu, os.times())]
+    # Process CPU seconds (user + system) per second of training: up to the
+    # number of cores; TF's idle threads spin for a while before sleeping.
+    out["train_cpu_busy"] = round((cpu[0] + cpu[1]) / sum(step_times), 3)
     out["peak_rss_train_mib"] = round(maxrss_mib(), 1)
     out["peak_rss_train_minus_vars_mib"] = round(out["peak_rss_train_mib"] - out["variable_bytes"] / 2.0 ** 20, 1)
     mm_after = matmul_flops_per_sec(tf, plain_config)
@@ -478,9 +514,10 @@ def worker(spec):
     out["matmul_flops_per_sec"] = {"median_before": mm_before[0], "median_after": mm_after[0],
                                    "best": max(mm_before[1], mm_after[1])}
 
-    # A traced step (after the RSS figure above): allocator peak, XLA clusters
-    # and, with --profile, the time per op type.
-    by_type, by_layer, peak, clusters = trace_step(tf, trainer, x, y, lr)
+    # A traced step (after the RSS figure above): allocator peak, XLA clusters,
+    # how its ops overlapped and, with --profile, the time per op type.
+    by_type, by_layer, peak, clusters, shared = trace_step(tf, trainer, x, y, lr)
+    out["traced_step"] = shared
     if spec["profile"]:
         out["op_time_share_top15"] = by_type
         out["op_time_share_by_layer_top25"] = by_layer
@@ -507,6 +544,11 @@ def worker(spec):
     out["achieved_model_flops_per_sec"] = 3.0 * out["forward_flops_per_image"] * out["train_images_per_sec"]
     out["utilisation"] = round(out["achieved_model_flops_per_sec"] / matmul, 4)
     out["utilisation_executed"] = round(out["executed_flops_per_image"] * out["train_images_per_sec"] / matmul, 4)
+    if shared and shared["conv_matmul_op_seconds"] > 0:
+        # What the step's convs and matmuls got while they ran, against the
+        # probe (which has the cores to itself): below 1 where they share.
+        op_rate = out["executed_flops_per_image"] * batch / shared["conv_matmul_op_seconds"]
+        shared["conv_matmul_flops_per_op_second_vs_probe"] = round(op_rate / matmul, 4)
     out["load_avg_end"] = os.getloadavg()[0]
     trainer.sess.close()
     print(json.dumps(out, sort_keys=True))

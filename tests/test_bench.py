@@ -21,7 +21,8 @@ def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, 
     (3x3 conv of the kept half + edge channel, 1x1 conv, 3x3 zero conv of
     width + edge channel), per split the prior's 3x3 zero conv.
 
-    Returns (total, of which the zero convs' edge channel)."""
+    Returns (total, of which the edge channel's: a conv of a constant image,
+    in the coupling network's first conv and in every zero conv)."""
     h, w, c = image_shape[0] // 2, image_shape[1] // 2, image_shape[2] * 4
     total = edge = 0
     for level in range(n_levels):
@@ -32,7 +33,7 @@ def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, 
         step += 2 * hw * width * width
         step += 2 * hw * n_out * 9 * (width + 1)
         total += depth * step
-        edge += depth * 2 * hw * n_out * 9
+        edge += depth * 2 * hw * 9 * (width + n_out)
         if level < n_levels - 1:
             total += 2 * hw * c * 9 * (c // 2 + 1)
             edge += 2 * hw * c * 9
@@ -54,8 +55,9 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
     assert "error" not in plain and "error" not in inv, report["results"]
     assert (plain["mode"], inv["mode"]) == ("none", "invertible")
 
-    # The zero convs' edge part is a conv of a constant [1, H, W, 1] image:
-    # computed once per batch (not per image), and it needs no input gradient.
+    # The edge channel's part of each 3x3 conv is a conv of a constant
+    # [1, H, W, 1] image: computed once per batch (not per image), and it
+    # needs no input gradient.
     batch = bench.CONFIGS["tiny"]["batch"]
     total, edge = glow_forward_flops(**bench.CONFIGS["tiny"])
     forward = total - edge + edge // batch
@@ -79,6 +81,12 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
         assert 0 < r["utilisation"] < 1.5
         assert r["peak_rss_train_mib"] >= r["rss_after_build_mib"] > 100
         assert r["variable_bytes"] > 4 * 4 * r["n_params"] - 1  # weights, Adamax m1/m2, Polyak average
+        assert 0 < r["train_cpu_busy"] < 64
+        traced = r["traced_step"]
+        assert abs(sum(traced["running_ops_share"].values()) - 1.0) < 0.01, traced
+        assert 0 < traced["conv_matmul_op_seconds"] < traced["op_seconds"]
+        assert traced["running_ops_share"]["0"] < 1.0 and traced["span_seconds"] > 0
+        assert traced["conv_matmul_flops_per_op_second_vs_probe"] > 0
     assert 0 < inv["reconstruction_error"] < 1e-4
     summary = {row["mode"]: row for row in report["summary"]}
     assert summary["none"]["time_per_step_vs_none"] == 1.0
@@ -94,9 +102,24 @@ def test_bad_arguments_name_the_value():
         assert proc.returncode == 2 and text in proc.stderr.decode(), proc.stderr.decode()
 
 
+def _edge_padded(x, filter_size):
+    """openai/glow's add_edge_pad: zeros around x [B, H, W, C] for a 'VALID'
+    conv, and a channel that is 1 on them and 0 inside (none for 1x1)."""
+    import numpy as np
+    import tensorflow.compat.v1 as tf
+
+    a, b = (filter_size[0] - 1) // 2, (filter_size[1] - 1) // 2
+    if a == b == 0:
+        return x
+    n, h, w = [int(d) for d in x.get_shape()[:3]]
+    indicator = np.ones([n, h + 2 * a, w + 2 * b, 1])
+    indicator[:, a:a + h, b:b + w] = 0.0
+    return tf.concat([tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]]), tf.constant(indicator)], axis=3)
+
+
 def test_fast_convolutions_compute_openai_glows_layers():
-    """The speed-ups in tfops (actnorm folded into the conv, convs as
-    matmuls, the edge channel as a constant map) leave each layer the
+    """The speed-ups in tfops (actnorm folded into the conv, the zero conv
+    as a matmul, the edge channel as a constant map) leave each layer the
     function openai/glow defined: edge-padded 'VALID' conv, then actnorm
     (conv2d) or bias and exp(3 logs) scale (conv2d_zeros). float64."""
     import numpy as np
@@ -105,13 +128,13 @@ def test_fast_convolutions_compute_openai_glows_layers():
     import tfops
 
     rng = np.random.RandomState(0)
-    for filter_size in ((3, 3), (1, 1)):
+    for filter_size in ((3, 3), (1, 1), (3, 5)):
         with tf.Graph().as_default():
             x = tf.constant(rng.randn(2, 6, 5, 3))
             with tf.variable_scope("t", use_resource=True):
                 ours = [tfops.conv2d("c", x, 7, filter_size), tfops.conv2d_zeros("z", x, 4, filter_size)]
             var = {v.op.name[2:]: v for v in tf.global_variables()}
-            padded = tfops.add_edge_padding(x, filter_size)
+            padded = _edge_padded(x, filter_size)
             conv = tf.nn.conv2d(padded, var["c/W"], [1, 1, 1, 1], "VALID")
             ref = [(conv + var["c/actnorm/b"]) * tf.exp(3.0 * var["c/actnorm/logs"]),
                    (tf.nn.conv2d(padded, var["z/W"], [1, 1, 1, 1], "VALID") + var["z/b"])
@@ -176,3 +199,32 @@ def test_memory_trace_reports_each_run():
         if name != "polyak_seed":  # its assignments may only alias the weights: nothing allocated
             assert 0 < run["least"] <= run["first"] <= run["most"], (name, run)
             assert run["at"], name
+
+
+def test_ab_steps_times_both_checkouts_in_turn(tmp_path):
+    """Both sides serve timed steps in alternating order and the ratio is
+    their median; a directory that is not a checkout is refused by name."""
+    out = tmp_path / "ab.json"
+    report = _json_line("ab_steps.py", "--before", ROOT, "--configs", "tiny", "--rounds", "3", "--warmup", "1",
+                        "--out", str(out))
+    assert report == json.loads(out.read_text())
+    assert report["batch"] == 4 and report["rounds"] == 3
+    before, after = report["before_step_seconds"], report["after_step_seconds"]
+    assert len(before) == len(after) == 3 and min(before + after) > 0
+    ratios = sorted(a / b for a, b in zip(after, before))
+    assert abs(report["after_over_before_median"] - ratios[1]) < 1e-3 * ratios[1] + 1e-4
+    lo, hi = report["after_over_before_quartiles"]
+    assert lo <= report["after_over_before_median"] <= hi
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ab_steps.py"), "--before", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.returncode == 2 and "%s: not a checkout" % tmp_path in proc.stderr.decode()
+
+
+def test_overlap_shares_the_span_by_running_ops():
+    # [0, 10) and [5, 20) overlap, nothing runs in [20, 30), then [30, 40).
+    shared = bench.overlap([(0, 10, "MatMul"), (5, 15, "Slice"), (30, 10, "Conv2D")])
+    assert shared["running_ops_share"] == {"0": 0.25, "1": 0.625, "2": 0.125, "3+": 0.0}
+    assert shared["span_seconds"] == 4e-5 and shared["op_seconds"] == 3.5e-5
+    assert shared["conv_matmul_op_seconds"] == 2e-5
+    assert bench.overlap([]) is None
