@@ -352,6 +352,21 @@ def _edge_indicator(filter_size, h, w, dtype):
     return pad
 
 
+def add_edge_padding(x, filter_size):
+    """Zero-pad x for a 'VALID' conv and add a channel that is 1 on the padding.
+
+    openai/glow's edge bias: the network can tell padding from a real zero.
+    The indicator is a constant of the padded spatial shape."""
+    a = (filter_size[0] - 1) // 2
+    b = (filter_size[1] - 1) // 2
+    if a == 0 and b == 0:
+        return x
+    h, w = int_shape(x)[1:3]
+    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
+    pad = tf.tile(tf.constant(_edge_indicator(filter_size, h, w, x.dtype)), [tf.shape(x)[0], 1, 1, 1])
+    return tf.concat([x, pad], axis=3)
+
+
 def _check_filter(filter_size):
     if len(filter_size) != 2 or filter_size[0] % 2 == 0 or filter_size[1] % 2 == 0:
         raise ValueError("filter_size %r: expected two odd sizes (edge padding is symmetric)" % (filter_size,))
@@ -363,24 +378,23 @@ def _window(x, dy, dx, h, w):
     return tf.slice(x, [0, dy, dx, 0], [-1, h, w, -1])
 
 
-def _conv_same(x, w, bias=None):
-    """'SAME' (zero-padded) conv of x [B, H, W, C] with w [kh, kw, C, N],
-    plus bias [N]. Returns [B, H, W, N].
+def _conv_valid(x, w, bias=None):
+    """'VALID' conv of x [B, H+kh-1, W+kw-1, C] with w [kh, kw, C, N] (plus
+    bias [N]) as one matmul over pixels (im2col).
 
-    1x1: one matmul over pixels, the bias added to the matmul's own output
-    (Grappler fuses MatMul, BiasAdd and a ReLU after them). Larger filters:
-    tf.nn.conv2d. For the coupling network's first conv (few input
-    channels) it ran forward and backward faster than the im2col matmul of
-    its 9 shifted views on both stacks (docs/BENCHMARKS.md)."""
+    The patches are the kh*kw shifted views of x, tap-major (channel
+    t*C + c for tap t = dy*kw + dx, the row order of w reshaped to
+    [kh*kw*C, N]). Meant for few input channels (the coupling network's
+    first conv), where a conv's filter gradient is a poor GEMM and the
+    patches are small. Returns [B, H, W, N]."""
     kh, kw, n_c, n_out = int_shape(w)
+    h, w_ = int_shape(x)[1] - kh + 1, int_shape(x)[2] - kw + 1
     if kh * kw > 1:
-        y = tf.nn.conv2d(x, w, [1, 1, 1, 1], "SAME")
-        return y if bias is None else tf.nn.bias_add(y, bias)
-    h, w_ = int_shape(x)[1:3]
-    y = tf.matmul(tf.reshape(x, [-1, n_c]), tf.reshape(w, [n_c, n_out]))  # [B*H*W, N]
+        x = tf.concat([_window(x, dy, dx, h, w_) for dy in range(kh) for dx in range(kw)], axis=3)
+    y = tf.matmul(tf.reshape(x, [-1, kh * kw * n_c]), tf.reshape(w, [kh * kw * n_c, n_out]))  # [B*H*W, N]
     if bias is not None:
-        y = tf.nn.bias_add(y, bias)
-    return tf.reshape(y, [-1, h, w_, n_out])
+        y = tf.nn.bias_add(y, bias)  # on the matmul's own output, where Grappler can fuse it
+    return tf.reshape(y, [-1, h, w_, n_out])  # [B, H, W, N]
 
 
 def _conv_same_by_taps(x, w):
@@ -391,90 +405,75 @@ def _conv_same_by_taps(x, w):
     pixel; the output sums each tap's block shifted by its offset. Meant for
     many input and few output channels (the coupling network's zero conv,
     width -> 2C): one GEMM with N = kh*kw*n_out instead of a conv whose
-    filter and input gradients are GEMMs with N = n_out. Returns [B, H, W, N].
-    Filters larger than 1x1 (a 1x1 conv is _conv_same's matmul)."""
+    filter and input gradients are GEMMs with N = n_out. Returns [B, H, W, N]."""
     kh, kw, n_c, n_out = int_shape(w)
     h, w_ = int_shape(x)[1:3]
     a, b = (kh - 1) // 2, (kw - 1) // 2
     taps = tf.reshape(tf.transpose(w, [2, 0, 1, 3]), [n_c, kh * kw * n_out])  # [C, (dy, dx, n)]
     u = tf.matmul(tf.reshape(x, [-1, n_c]), taps)  # [B*H*W, kh*kw*N]
     u = tf.reshape(u, [-1, h, w_, kh * kw * n_out])  # [B, H, W, kh*kw*N]
+    if kh * kw == 1:
+        return u
     u = tf.pad(u, [[0, 0], [a, a], [b, b], [0, 0]])  # [B, H+2a, W+2b, kh*kw*N]
     blocks = tf.split(u, kh * kw, axis=3)
     return tf.add_n([_window(blocks[dy * kw + dx], dy, dx, h, w_) for dy in range(kh) for dx in range(kw)])
 
 
-def _edge_padded_conv(x, w, bias=None, conv_same=_conv_same):
-    """openai/glow's conv: x [B, H, W, C] zero-padded for a 'VALID' conv,
-    with an extra input channel that is 1 on the padding and 0 inside (the
-    network can tell padding from a real zero), convolved with w [kh, kw,
-    C + 1, N]; plus bias [N]. 1x1 filters have no padding and no extra
-    channel (w [1, 1, C, N]).
-
-    Computed as conv_same(x, w[:, :, :C]) + (conv(indicator, w[:, :, C]) +
-    bias): 'SAME' is the zero padding, and the indicator's part is a
-    constant [1, H, W, N] map, so the [B, H, W, C] input is never padded or
-    concatenated. conv_same(x, w) is a 'SAME' conv: _conv_same, or
-    _conv_same_by_taps for many input and few output channels."""
-    kh, kw, n_in = int_shape(w)[:3]
-    if kh * kw == 1:
-        return _conv_same(x, w, bias)
-    h, w_ = int_shape(x)[1:3]
-    indicator = tf.constant(_edge_indicator([kh, kw], h, w_, x.dtype))
-    edge = tf.nn.conv2d(indicator, w[:, :, n_in - 1:], [1, 1, 1, 1], "VALID")  # [1, H, W, N]
-    if bias is not None:
-        edge = edge + bias
-    return conv_same(x, w[:, :, :n_in - 1]) + edge
-
-
-def _edge_channels(filter_size):
-    """The extra input channel of _edge_padded_conv's filter: 0 for 1x1."""
-    return int(list(filter_size) != [1, 1])
-
-
 @add_arg_scope
 def conv2d(name, x, width, filter_size=(3, 3)):
-    """Edge-padded conv (no bias) followed by actnorm; weights ~ N(0, 0.05).
+    """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05).
 
     After init the actnorm is folded into the conv: (conv(x, W) + b) * s =
-    conv(x, W * s) + b * s with s = exp(logs) per output channel: one conv
-    or matmul with a bias (for 1x1, Grappler fuses it with the ReLU that
-    follows) instead of two more elementwise passes over the [B, H, W,
-    width] output forward and four backward. Same variables, same function
-    (to float rounding). Data-dependent init needs the unscaled conv output
-    for its statistics, so it runs unfolded."""
+    conv(x, W * s) + b * s with s = exp(logs) per output channel: one matmul
+    with a bias, which Grappler fuses with the ReLU that follows, instead of
+    two more elementwise passes over the [B, H, W, width] output forward and
+    four backward. Same variables, same function (to float rounding). Data-
+    dependent init needs the unscaled conv output for its statistics, so it
+    runs unfolded."""
     filter_size = list(filter_size)
     _check_filter(filter_size)
     with tf.variable_scope(name):
-        n_in = int_shape(x)[3] + _edge_channels(filter_size)
+        x = add_edge_padding(x, filter_size)
+        n_in = int_shape(x)[3]
         w = tf.get_variable("W", filter_size + [n_in, width], x.dtype,
                             initializer=tf.random_normal_initializer(0.0, 0.05))
         if in_ddi_init():
-            return actnorm_layer("actnorm", _edge_padded_conv(x, w))
+            return actnorm_layer("actnorm", _conv_valid(x, w))
         bias, logs = actnorm_variables("actnorm", width, x.dtype)
         scale = tf.exp(logs)
-        return _edge_padded_conv(x, w * scale, bias * scale)
+        return _conv_valid(x, w * scale, bias * scale)
 
 
 @add_arg_scope
 def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FACTOR):
-    """Zero-initialised edge-padded conv with bias and per-channel scale
-    exp(3 * logs): (conv(x, W) + b) * s = conv(x, W * s) + b * s.
+    """Zero-initialised conv with bias and per-channel scale exp(3 * logs).
 
     Zero init makes each coupling start as the identity (paper 3.3), which
-    keeps a deep flow trainable from the first step. The x part is
-    _conv_same_by_taps: width -> 2C channels, few outputs. W keeps
-    openai/glow's shape [kh, kw, n_in + 1, width] (the last input channel is
-    the edge indicator's)."""
+    keeps a deep flow trainable from the first step.
+
+    Computed as conv(x, W_x * s, 'SAME') + (conv(edge, W_edge * s) + b * s),
+    s = exp(3 logs): zero padding is what 'SAME' does, and the edge
+    indicator's part is a constant [1, H, W, width] map, so the [B, H, W,
+    n_in] input is never padded, concatenated or rescaled (openai/glow:
+    pad, concat, conv, add, multiply). W keeps openai/glow's shape
+    [kh, kw, n_in + 1, width] (the last input channel is the indicator's)."""
     filter_size = list(filter_size)
     _check_filter(filter_size)
     with tf.variable_scope(name):
-        n_in = int_shape(x)[3] + _edge_channels(filter_size)
-        w = tf.get_variable("W", filter_size + [n_in, width], x.dtype, initializer=Zeros())
+        h, w_, n_in = int_shape(x)[1:]
+        edge = filter_size != [1, 1]
+        w = tf.get_variable("W", filter_size + [n_in + int(edge), width], x.dtype,
+                            initializer=Zeros())
         b = tf.get_variable("b", [width], x.dtype, initializer=Zeros())
         logs = tf.get_variable("logs", [width], x.dtype, initializer=Zeros())
         scale = tf.exp(logs * logscale_factor)
-        return _edge_padded_conv(x, w * scale, b * scale, conv_same=_conv_same_by_taps)
+        w = w * scale
+        bias = b * scale
+        out = _conv_same_by_taps(x, w[:, :, :n_in])
+        if not edge:
+            return tf.nn.bias_add(out, bias)
+        indicator = tf.constant(_edge_indicator(filter_size, h, w_, x.dtype))
+        return out + (tf.nn.conv2d(indicator, w[:, :, n_in:], [1, 1, 1, 1], "VALID") + bias)
 
 
 def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):

@@ -21,8 +21,7 @@ def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, 
     (3x3 conv of the kept half + edge channel, 1x1 conv, 3x3 zero conv of
     width + edge channel), per split the prior's 3x3 zero conv.
 
-    Returns (total, of which the edge channel's: a conv of a constant image,
-    in the coupling network's first conv and in every zero conv)."""
+    Returns (total, of which the zero convs' edge channel)."""
     h, w, c = image_shape[0] // 2, image_shape[1] // 2, image_shape[2] * 4
     total = edge = 0
     for level in range(n_levels):
@@ -33,7 +32,7 @@ def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, 
         step += 2 * hw * width * width
         step += 2 * hw * n_out * 9 * (width + 1)
         total += depth * step
-        edge += depth * 2 * hw * 9 * (width + n_out)
+        edge += depth * 2 * hw * n_out * 9
         if level < n_levels - 1:
             total += 2 * hw * c * 9 * (c // 2 + 1)
             edge += 2 * hw * c * 9
@@ -55,9 +54,8 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
     assert "error" not in plain and "error" not in inv, report["results"]
     assert (plain["mode"], inv["mode"]) == ("none", "invertible")
 
-    # The edge channel's part of each 3x3 conv is a conv of a constant
-    # [1, H, W, 1] image: computed once per batch (not per image), and it
-    # needs no input gradient.
+    # The zero convs' edge part is a conv of a constant [1, H, W, 1] image:
+    # computed once per batch (not per image), and it needs no input gradient.
     batch = bench.CONFIGS["tiny"]["batch"]
     total, edge = glow_forward_flops(**bench.CONFIGS["tiny"])
     forward = total - edge + edge // batch
@@ -118,8 +116,8 @@ def _edge_padded(x, filter_size):
 
 
 def test_fast_convolutions_compute_openai_glows_layers():
-    """The speed-ups in tfops (actnorm folded into the conv, the zero conv
-    as a matmul, the edge channel as a constant map) leave each layer the
+    """The speed-ups in tfops (actnorm folded into the conv, convs as
+    matmuls, the edge channel as a constant map) leave each layer the
     function openai/glow defined: edge-padded 'VALID' conv, then actnorm
     (conv2d) or bias and exp(3 logs) scale (conv2d_zeros). float64."""
     import numpy as np
