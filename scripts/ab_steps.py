@@ -18,7 +18,10 @@ quartiles, and each side's median images/s.
 
 --before is a checkout with scripts/bench.py (any commit since bench.py has
 trainer_config and batch_of); the after side is the checkout this script is
-in, or --after.
+in, or --after. With --before_mode both sides may be one checkout in two
+gradient checkpointing modes:
+
+    python scripts/ab_steps.py --before . --before_mode none --mode invertible
 """
 import argparse
 import json
@@ -39,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--after", default=ROOT, help="checkout under test")
     p.add_argument("--configs", default="small", choices=sorted(bench.CONFIGS), help="a config of scripts/bench.py")
     p.add_argument("--mode", default="none", choices=bench.MODES, help="gradient checkpointing mode")
+    p.add_argument("--before_mode", default="", choices=("",) + bench.MODES,
+                   help="the before side's mode, if not --mode: with --before and --after the same checkout, "
+                        "what a checkpointing mode costs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, as in scripts/bench.py")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds (one step of each side)")
@@ -106,9 +112,8 @@ def _git_commit(root):
 class Side(object):
     """A serving process of one checkout."""
 
-    def __init__(self, root, args):
-        spec = dict(root=os.path.abspath(root), config=args.configs, mode=args.mode, set=args.set,
-                    warmup=args.warmup)
+    def __init__(self, root, mode, args):
+        spec = dict(root=os.path.abspath(root), config=args.configs, mode=mode, set=args.set, warmup=args.warmup)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         self.root = spec["root"]
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--before", ROOT,
@@ -149,8 +154,8 @@ def run(args):
     sides = []
     try:
         # Built one after the other: the two builds must not share the CPU either.
-        for root in (args.before, args.after):
-            sides.append(Side(root, args))
+        for root, mode in ((args.before, args.before_mode or args.mode), (args.after, args.mode)):
+            sides.append(Side(root, mode, args))
             batch = sides[-1].ready()
         seconds = ([], [])
         for r in range(args.rounds):
@@ -163,7 +168,8 @@ def run(args):
     ratios = [a / b for a, b in zip(seconds[1], seconds[0])]
     out = dict(before=os.path.abspath(args.before), after=os.path.abspath(args.after),
                before_commit=_git_commit(args.before), after_commit=_git_commit(args.after),
-               config=args.configs, set=args.set, mode=args.mode, batch=batch, rounds=args.rounds,
+               config=args.configs, set=args.set, mode=args.mode, before_mode=args.before_mode or args.mode,
+               batch=batch, rounds=args.rounds,
                warmup=args.warmup, load_avg_end=os.getloadavg()[0],
                before_step_seconds=[round(s, 6) for s in seconds[0]],
                after_step_seconds=[round(s, 6) for s in seconds[1]],

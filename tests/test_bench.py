@@ -204,9 +204,10 @@ def test_ab_steps_times_both_checkouts_in_turn(tmp_path):
     their median; a directory that is not a checkout is refused by name."""
     out = tmp_path / "ab.json"
     report = _json_line("ab_steps.py", "--before", ROOT, "--configs", "tiny", "--rounds", "3", "--warmup", "1",
-                        "--out", str(out))
+                        "--before_mode", "none", "--mode", "invertible", "--out", str(out))
     assert report == json.loads(out.read_text())
     assert report["batch"] == 4 and report["rounds"] == 3
+    assert (report["before_mode"], report["mode"]) == ("none", "invertible")
     before, after = report["before_step_seconds"], report["after_step_seconds"]
     assert len(before) == len(after) == 3 and min(before + after) > 0
     ratios = sorted(a / b for a, b in zip(after, before))
