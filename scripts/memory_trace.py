@@ -8,12 +8,13 @@ allocator's retention, libraries).
 Builds the trainer of bench.py's `cifar` config at --depth as
 memory_stages.py does (memory_stages.paper_trainer), then runs the
 initialisers, the data-dependent init and --steps training steps, each
-traced (tf.RunOptions FULL_TRACE), and prints one JSON line: for each run, the allocator's bytes in use when its
-first op ran (what earlier runs left behind), the least and the most during
-the run (MiB), and the op at the most (null where a run allocates
-nothing). TF 2.21's CPU allocator reports these only with
-TF_CPU_ALLOCATOR_USE_BFC=true, which also changes how memory is allocated:
-compare runs made the same way.
+traced (tf.RunOptions FULL_TRACE), and prints one JSON line: for each run,
+the allocator's bytes in use when its first op ran (what earlier runs left
+behind), the least and the most during the run (MiB), the op at the most
+(null where a run allocates nothing), and which ops' allocations of the
+run were still held then, largest first. TF 2.21's CPU allocator reports
+these only with TF_CPU_ALLOCATOR_USE_BFC=true, which also changes how
+memory is allocated: compare runs made the same way.
 """
 import argparse
 import collections
@@ -31,23 +32,38 @@ import memory_stages  # noqa: E402
 import runtime  # noqa: E402
 
 
-def traced_run(sess, fetches, feed=None):
-    """Run once, traced: {first, least, most: MiB in use, at: op at the most}."""
+def traced_run(sess, fetches, feed=None, top=10):
+    """Run once, traced: {first, least, most: MiB in use, at: op at the most,
+    live_at_most: [[op, MiB], ...] the `top` ops whose outputs and scratch,
+    allocated in this run, were still allocated when `at` ended (largest
+    first), live_mib: their total over all ops}. What earlier runs left
+    behind (the variables among it) is `first`, not in live_at_most."""
     options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
     metadata = tf.RunMetadata()
     sess.run(fetches, feed, options=options, run_metadata=metadata)
-    points = [(m.allocator_bytes_in_use, n.all_start_micros, n.node_name)
-              for d in metadata.step_stats.dev_stats for n in d.node_stats for m in n.memory
-              if m.allocator_bytes_in_use > 0]
+    points, records = [], []
+    for d in metadata.step_stats.dev_stats:
+        for n in d.node_stats:
+            for m in n.memory:
+                if m.allocator_bytes_in_use > 0:
+                    points.append((m.allocator_bytes_in_use, n.all_start_micros, n.node_name,
+                                   n.all_start_micros + n.all_end_rel_micros))
+                # Allocations (bytes > 0) and their frees (< 0), whenever they happened.
+                records.extend((r.alloc_micros, r.alloc_bytes, n.node_name) for r in m.allocation_records)
     if not points:
-        return dict(first=None, least=None, most=None, at=None)
+        return dict(first=None, least=None, most=None, at=None, live_at_most=[], live_mib=None)
 
     def mib(b):
         return round(b / 2.0 ** 20, 1)
 
     most = max(points)
+    live = collections.Counter()
+    for micros, nbytes, name in records:
+        if micros <= most[3]:
+            live[name] += nbytes
     return dict(first=mib(min(points, key=lambda p: p[1])[0]), least=mib(min(points)[0]), most=mib(most[0]),
-                at=most[2])
+                at=most[2], live_at_most=[[name, mib(b)] for name, b in live.most_common(top) if b > 0],
+                live_mib=mib(sum(b for b in live.values() if b > 0)))
 
 
 def main():

@@ -197,6 +197,12 @@ def test_memory_trace_reports_each_run():
         if name != "polyak_seed":  # its assignments may only alias the weights: nothing allocated
             assert 0 < run["least"] <= run["first"] <= run["most"], (name, run)
             assert run["at"], name
+    for name in ("step_1", "step_2"):
+        # What the step's own allocations held at its peak, largest first.
+        live = runs[name]["live_at_most"]
+        assert live and all(mib > 0 for _, mib in live), (name, live)
+        assert [mib for _, mib in live] == sorted((mib for _, mib in live), reverse=True)
+        assert live[0][1] <= runs[name]["live_mib"] <= runs[name]["most"], (name, runs[name])
 
 
 def test_ab_steps_times_both_checkouts_in_turn(tmp_path):
