@@ -496,15 +496,16 @@ def worker(spec):
     for _ in range(spec["warmup"]):
         trainer.train_step(x, y, lr)
     step_times = []
-    cpu = os.times()
+    # Process CPU seconds (user + system, all threads) per second of
+    # training: up to the number of cores; TF's idle threads spin for a while
+    # before sleeping. process_time, not os.times: a tiny config's step can
+    # take less than os.times' 10 ms tick.
+    cpu = time.process_time()
     for _ in range(spec["steps"]):
         t = time.time()
         trainer.train_step(x, y, lr)
         step_times.append(time.time() - t)
-    cpu = [b - a for a, b in zip(cpu, os.times())]
-    # Process CPU seconds (user + system) per second of training: up to the
-    # number of cores; TF's idle threads spin for a while before sleeping.
-    out["train_cpu_busy"] = round((cpu[0] + cpu[1]) / sum(step_times), 3)
+    out["train_cpu_busy"] = round((time.process_time() - cpu) / sum(step_times), 3)
     out["peak_rss_train_mib"] = round(maxrss_mib(), 1)
     out["peak_rss_train_minus_vars_mib"] = round(out["peak_rss_train_mib"] - out["variable_bytes"] / 2.0 ** 20, 1)
     mm_after = matmul_flops_per_sec(tf, plain_config)
