@@ -50,7 +50,10 @@ def build_parser():
     a("--dal", type=int, default=1, choices=[0, 1, 2], help="data augmentation level: 0 none, 1 standard, 2 extra")
     a("--fmap", type=int, default=1, help="parallel file readers (TFRecord problems)")
     a("--pmap", type=int, default=16, help="parallel map threads (TFRecord problems)")
-    a("--n_train", type=int, default=None, help="training images per epoch (default: the whole training set)")
+    a("--n_train", type=int, default=50000,
+      help="epoch size, in images at --anchor_size: an epoch is ceil(n_train / (n_batch_train x ranks)) steps, "
+           "drawn from the whole training set (see --train_subset); it sets the warm-up, beta2 and the "
+           "Polyak average's span")
     a("--n_test", type=int, default=-1, help="test images (-1: the whole test set)")
     a("--n_batch_train", type=int, default=64, help="minibatch per rank at --anchor_size")
     a("--n_batch_test", type=int, default=50, help="test minibatch per rank at --anchor_size")
@@ -100,6 +103,8 @@ def build_parser():
     a("--max_nonfinite", type=int, default=10,
       help="consecutive skipped (non-finite) steps before restoring the last good checkpoint")
     a("--lr_backoff", type=float, default=0.5, help="learning-rate factor applied at each such recovery")
+    a("--train_subset", type=int, default=None,
+      help="train on the first N training images only (default: all of them)")
     a("--n_channels", type=int, default=None, choices=[1, 3], help="MNIST-like problems: 1 (default) or 3 channels")
     a("--evaluate", action="store_true", help="test bits/dim of --restore_path (or the latest checkpoint), then exit")
     a("--n_dequant_draws", type=int, default=1, help="with --evaluate: average over this many noise draws")
@@ -129,7 +134,7 @@ def check_args(args):
     if args.lu:
         if args.flow_permutation not in ("invconv", "invconv_lu"):
             bad("--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation)
-    for name in ("n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
+    for name in ("n_train", "n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
                  "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws"):
         if getattr(args, name) < 1:
             bad("--%s %d: must be >= 1" % (name, getattr(args, name)))
@@ -173,7 +178,13 @@ def check_args(args):
 
 
 def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
-    """One validated config from the flags, the data's facts and the ranks.
+    """One validated config from the flags, the data's facts (n_train and
+    n_test: the images in its splits) and the ranks.
+
+    An epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks))
+    steps, whatever the training set's size (the data is streamed across
+    epochs); progress (n_processed, for the warm-up) counts images at
+    --anchor_size, as openai/glow did.
 
     Batch sizes follow openai/glow: given at --anchor_size, scaled by the
     pixel count so that memory per step stays about the same at other image
@@ -197,10 +208,10 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         raise ValueError("--ycond on --problem %s: it has no class labels (n_y = %d)" % (args.problem, n_y))
     local_batch_train = scaled(args.n_batch_train, "n_batch_train")
     per_rank = n_train // n_ranks
-    train_its = per_rank // local_batch_train
-    if train_its < 1:
+    if per_rank < local_batch_train:
         raise ValueError("%d training images over %d ranks give %d per rank, fewer than one batch of %d"
                          % (n_train, n_ranks, per_rank, local_batch_train))
+    train_its = -(-args.n_train // (args.n_batch_train * n_ranks))
     if train_its * args.polyak_epochs <= 1:
         raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
                          "more than one step to average over; use more data or a larger --polyak_epochs"
@@ -215,19 +226,24 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         image_size=image_size,
         image_shape=list(image_shape),
         n_y=n_y,
-        n_train=n_train,
+        n_train_images=n_train,
         n_test=n_test,
         n_ranks=n_ranks,
         permutation=permutation,
         coupling=args.flow_coupling,
         local_batch_train=local_batch_train,
-        local_batch_test=scaled(args.n_batch_test, "n_batch_test"),
+        # At least one image: the test batch changes no result (openai/glow
+        # ignored --n_batch_test and took 1 at 256 px, so the paper's CelebA
+        # command leaves 50 x 32^2/256^2 < 1 here).
+        local_batch_test=max(1, int(args.n_batch_test * scale)),
         local_batch_init=scaled(args.n_batch_init, "n_batch_init"),
         train_its=train_its,
         # openai/glow: beta2 (Adam's second moment and the Polyak average)
         # averages over polyak_epochs epochs.
         beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
         images_per_step=local_batch_train * n_ranks,
+        # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
+        anchor_images_per_step=args.n_batch_train * n_ranks,
     )
     return types.SimpleNamespace(**cfg)
 
@@ -267,8 +283,11 @@ def lr_at(cfg, n_processed):
 
 
 def is_eval_epoch(cfg, epoch):
-    """openai/glow's schedule (epochs 1-9, every 10th to 50, every
-    epochs_full_valid), plus the last epoch."""
+    """The epochs openai/glow reported on (1-9, every 10th to 50, every
+    epochs_full_valid), plus the last. openai/glow ran the test set only at
+    every epochs_full_valid-th of them; this tests at each, for a test curve
+    from the start (training is the same; the best checkpoint is picked from
+    more epochs)."""
     return epoch < 10 or (epoch < 50 and epoch % 10 == 0) or epoch % cfg.epochs_full_valid == 0 \
         or epoch == cfg.epochs
 

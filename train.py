@@ -77,49 +77,54 @@ class Run(object):
 
 
 def train_one_epoch(run, epoch, state, skip=0):
-    """One pass over this rank's shard, less its first `skip` batches (done
-    before an interruption). Returns (mean stats, images/s)."""
+    """One epoch: cfg.train_its steps of this rank's stream of batches, less
+    its first `skip` (done before an interruption). Returns (mean stats,
+    images/s)."""
     cfg, tr = run.cfg, run.trainer
     results, consecutive_bad = [], 0
     t0 = time.time()
     n_steps = 0
     show_bar = run.chief and sys.stdout.isatty() and not cfg.verbose
-    for step, (x, y) in enumerate(run.data.train_batches(cfg.local_batch_train, epoch)):
-        if step < skip:
-            continue
-        lr = config.lr_at(cfg, state["n_processed"])
-        try:
-            applied, stats = tr.train_step(x, y, lr, state["loss_scale"].value)
-            failure = None if applied else "non-finite loss or gradient"
-        except tf.errors.InvalidArgumentError as e:
-            # e.g. "Input is not invertible" from a 1x1 conv gone singular:
-            # nothing was applied, treat it like a non-finite step.
-            applied, stats = False, None
-            failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
-            if run.backend.size() > 1:
-                step_failed_on_one_rank(run, state, failure)
-        state["n_processed"] += cfg.images_per_step
-        state["step"] += 1
-        n_steps += 1
-        if state["loss_scale"].update(applied):
-            run.event(event="loss_scale_lowered", step=state["step"], loss_scale=state["loss_scale"].value)
-        elif applied:
-            consecutive_bad = 0
-            results.append(stats)
-        else:
-            consecutive_bad += 1
-            run.event(event="skipped_step", epoch=epoch, step=state["step"], reason=failure,
-                      consecutive=consecutive_bad)
-            if consecutive_bad >= cfg.max_nonfinite:
-                recover(run, state)
+    batches = run.data.train_stream(cfg.local_batch_train, state["step"], cfg.train_its - skip)
+    try:
+        for step, (x, y) in enumerate(batches, start=skip):
+            lr = config.lr_at(cfg, state["n_processed"])
+            try:
+                applied, stats = tr.train_step(x, y, lr, state["loss_scale"].value)
+                failure = None if applied else "non-finite loss or gradient"
+            except tf.errors.InvalidArgumentError as e:
+                # e.g. "Input is not invertible" from a 1x1 conv gone singular:
+                # nothing was applied, treat it like a non-finite step.
+                applied, stats = False, None
+                failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
+                if run.backend.size() > 1:
+                    step_failed_on_one_rank(run, state, failure)
+            state["n_processed"] += cfg.anchor_images_per_step
+            state["step"] += 1
+            n_steps += 1
+            if state["loss_scale"].update(applied):
+                run.event(event="loss_scale_lowered", step=state["step"], loss_scale=state["loss_scale"].value)
+            elif applied:
                 consecutive_bad = 0
-        if cfg.verbose:
-            run.say(state["step"], "lr %.6f" % lr, stats)
-        elif show_bar and step % 10 == 0:
-            sys.stdout.write("\repoch %d [%d/%d]" % (epoch, step, cfg.train_its))
-            sys.stdout.flush()
-        if cfg.max_steps and state["step"] >= cfg.max_steps:
-            break
+                results.append(stats)
+            else:
+                consecutive_bad += 1
+                run.event(event="skipped_step", epoch=epoch, step=state["step"], reason=failure,
+                          consecutive=consecutive_bad)
+                if consecutive_bad >= cfg.max_nonfinite:
+                    recover(run, state)
+                    consecutive_bad = 0
+            if cfg.verbose:
+                run.say(state["step"], "lr %.6f" % lr, stats)
+            elif show_bar and step % 10 == 0:
+                sys.stdout.write("\repoch %d [%d/%d]" % (epoch, step, cfg.train_its))
+                sys.stdout.flush()
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
+    finally:
+        # Stops the prefetch thread now, on an error too (the traceback would
+        # keep the generator, and so the thread, alive).
+        batches.close()
     if show_bar:
         sys.stdout.write("\r")
     dt = time.time() - t0
@@ -169,13 +174,13 @@ def evaluate(run, n_draws=1, bits_out=None):
 
 
 def draw_samples(run, epoch):
-    """openai/glow's grids: one PNG per temperature, 10x10 (4x4 above 64 px),
-    classes cycling along each row."""
+    """openai/glow's grids: one PNG per temperature, 10x10 (4x4 above 64 px);
+    with --ycond each row shows classes 0, 1, ... (mod n_y), one per column."""
     if not run.chief:
         return
     cfg = run.cfg
     rows = 10 if cfg.image_size <= 64 else 4
-    y = np.arange(rows * rows, dtype=np.int32) % cfg.n_y
+    y = np.tile(np.arange(rows, dtype=np.int32), rows) % np.int32(cfg.n_y)
     folder = os.path.join(run.logdir, "samples")
     os.makedirs(folder, exist_ok=True)
     for t in config.TEMPERATURES:
@@ -201,8 +206,9 @@ def save(run, state, best=False):
 def train(run, state):
     cfg = run.cfg
     run.say("epoch  train_bits  test_bits  images/s  time(s)  lr")
-    # Steps already done in an epoch that was interrupted: the batch order is
-    # fixed by (seed, epoch), so the resumed epoch picks up where it stopped.
+    # Steps already done in an epoch that was interrupted. The batches are a
+    # stream fixed by the seed and indexed by the step (Data.train_stream),
+    # so the resumed epoch gets the batches the uninterrupted one would have.
     skip = state["step"] - state["epoch"] * cfg.train_its
     skip = skip if 0 < skip < cfg.train_its else 0
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -360,7 +366,7 @@ def main(argv=None):
             data_dir = os.path.join(data_dir, args.category)
         data = data_loaders.get_data(
             args.problem, data_dir=data_dir or None, image_size=None if args.image_size == -1 else args.image_size,
-            n_train=args.n_train, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
+            n_train=args.train_subset, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
             seed=args.seed, rank=backend.rank(), size=backend.size(), n_channels=args.n_channels)
         args.logdir = prepare_logdir(args.logdir)
         cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())

@@ -3,6 +3,7 @@ as uint8 image batches sharded over ranks.
 
     data = get_data("cifar10", rank=r, size=n)
     for x, y in data.train_batches(batch_size=64, epoch=e): ...   # x uint8 [B, H, W, C]
+    for x, y in data.train_stream(64, first=s, count=n): ...      # passes end to end
 
 Problems, their files (any one layout), default image_size and classes n_y:
   mnist, fashion-mnist  train-images-idx3-ubyte, train-labels-idx1-ubyte,
@@ -38,12 +39,13 @@ If nothing is found, one DataError lists the files, every folder looked in, and 
 get them.
 
 image_size must be a power of two not above the stored size; a smaller one is made by
-average pooling (the factor must be a power of two).  n_train / n_test keep the first
-images of a split.  dal is openai/glow's augmentation level (see augment.py): 0 none,
-1 random shifts, 2 also flips, rotation, zoom and shear (mnist: shifts only; the
-TFRecord problems: none, as in openai/glow).  Safety: CIFAR pickles are read by an
-unpickler that builds only numpy arrays, npz files with allow_pickle=False, archives
-are read without extracting, and headers are checked against the bytes present.
+average pooling (the factor must be a power of two). n_train / n_test keep the first
+images of a split (train.py's --train_subset and --n_test; its --n_train is the epoch
+size). dal is openai/glow's augmentation level (see augment.py): 0 none, 1 random
+shifts, 2 also flips, rotation, zoom and shear (mnist: shifts only; the TFRecord
+problems: none, as in openai/glow). Safety: CIFAR pickles are read by an unpickler that
+builds only numpy arrays, npz files with allow_pickle=False, archives are read without
+extracting, and headers are checked against the bytes present.
 """
 import numpy as np
 
@@ -79,7 +81,7 @@ def get_data(problem, data_dir=None, image_size=None, n_train=None, n_test=None,
     cache_dir = cache_dir or default_cache_dir(spec.name)
     found, location = find_data(spec, data_dir, cache_dir, download)
     train, test, n_y, channels = build(spec, found, image_size, n_channels)
-    train = head(train, n_train, "n_train", spec.name)
+    train = head(train, n_train, "n_train (train.py's --train_subset)", spec.name)
     test = head(test, n_test, "n_test", spec.name)
     image_shape = (image_size, image_size, n_channels or channels)
     return Data(spec.name, train, test, n_y, image_shape, augmentation, seed, rank, size, location)

@@ -8,7 +8,9 @@ openai/glow (data_loaders/get_mnist_cifar.py) used Keras' ImageDataGenerator:
 Keras draws, per image, a continuous shift uniform in +-10% of the side (up to
 3.2 px at 32 px), rotation uniform in +-15 degrees, zoom factors for rows and
 columns independently uniform in [0.9, 1.1] and a shear angle uniform in
-+-0.02 (radians in the Keras 2.1 of openai/glow's time); it resamples with
++-0.02 degrees (openai/glow pinned Keras 2.2.0, which reads shear_range in
+degrees since keras-team/keras#8868; before that it was radians, 57 times
+more); it resamples with
 bilinear interpolation, repeats the edge pixel outside the image
 (fill_mode='nearest'), then flips half the images left-right.  This module
 draws the same distribution with its own RandomState (the draws are not
@@ -23,7 +25,7 @@ from .errors import DataError
 
 Augmentation = collections.namedtuple("Augmentation", "shift rotation zoom shear flip")
 Augmentation.__doc__ = """Ranges of the random transforms (see the module docstring).
-shift: fraction of the side; rotation: degrees; zoom: +- fraction; shear: radians;
+shift: fraction of the side; rotation: degrees; zoom: +- fraction; shear: degrees;
 flip: left-right flip with probability 1/2."""
 
 SHIFTS = Augmentation(shift=0.1, rotation=0.0, zoom=0.0, shear=0.0, flip=False)
@@ -67,7 +69,7 @@ def _draw(aug, rng, n, h, w):
     theta = np.deg2rad(rng.uniform(-aug.rotation, aug.rotation, n))
     t_row = rng.uniform(-aug.shift, aug.shift, n) * h
     t_col = rng.uniform(-aug.shift, aug.shift, n) * w
-    shear = rng.uniform(-aug.shear, aug.shear, n)
+    shear = np.deg2rad(rng.uniform(-aug.shear, aug.shear, n))
     zoom_row, zoom_col = rng.uniform(1 - aug.zoom, 1 + aug.zoom, (2, n))
     flips = rng.uniform(size=n) < 0.5 if aug.flip else np.zeros(n, bool)
     one, zero = np.ones(n), np.zeros(n)

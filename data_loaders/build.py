@@ -78,5 +78,5 @@ def head(source, n, what, problem):
         return source
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= source.n:
         raise DataError("%s %r: must be 1..%d (the %s split of %s has %d images)" % (
-            what, n, source.n, "training" if what == "n_train" else "test", problem, source.n))
+            what, n, source.n, "test" if what.startswith("n_test") else "training", problem, source.n))
     return source.head(int(n))

@@ -60,27 +60,57 @@ class Data(object):
         return -(-(stop - start) // _check_count(batch_size, "batch_size"))
 
     def train_batches(self, batch_size, epoch):
-        """Yield (x uint8 [B, H, W, C], y int32 [B]) full batches of this rank's share of the
-        training set for `epoch`, shuffled from (seed, epoch) and augmented; the remainder that
-        does not fill a batch is dropped.  Batches are prepared by a background thread; closing
-        the generator early stops it."""
-        n_steps = self.train_steps(batch_size)
+        """Yield (x uint8 [B, H, W, C], y int32 [B]) full batches of one pass over this rank's
+        share of the training set, pass number `epoch`: shuffled from (seed, epoch) and augmented;
+        the remainder that does not fill a batch is dropped.  Batches are prepared by a
+        background thread; closing the generator early stops it."""
+        self._steps_per_pass(batch_size)
         epoch = _check_count(epoch, "epoch", low=0)
+        return prefetched(lambda: self._pass(batch_size, epoch, 0))
+
+    def train_stream(self, batch_size, first, count):
+        """Yield `count` batches of this rank's endless stream of training batches, from its
+        batch number `first` (0-based) on.  The stream is passes 1, 2, 3, ... over this rank's
+        share, each as train_batches(batch_size, pass) yields it, end to end; so a stretch of
+        it is the same whatever stretch came before (a resumed run gets the batches it would
+        have got).  openai/glow's epoch (--n_train images) is such a stretch, not a pass."""
+        per_pass = self._steps_per_pass(batch_size)
+        first = _check_count(first, "first", low=0)
+        count = _check_count(count, "count", low=0)
+
+        def produce():
+            n_pass, skip = divmod(first, per_pass)
+            left = count
+            while left > 0:
+                n_pass += 1
+                for batch in self._pass(batch_size, n_pass, skip):
+                    yield batch
+                    left -= 1
+                    if left == 0:
+                        return
+                skip = 0
+
+        return prefetched(produce)
+
+    def _steps_per_pass(self, batch_size):
+        n_steps = self.train_steps(batch_size)
         if n_steps == 0:
             raise DataError("batch_size %d: larger than this rank's share of the training set "
                             "(%d images = n_train %d / %d ranks)" % (
                                 batch_size, self.n_train // self.size, self.n_train, self.size))
+        return n_steps
+
+    def _pass(self, batch_size, n_pass, skip):
+        """Pass n_pass's batches, less its first `skip` (which are not augmented: each batch's
+        augmentation has its own random stream, from (seed, pass, rank, batch))."""
+        n_steps = self.train_steps(batch_size)
         start = self.rank * (self.n_train // self.size)
-
-        def produce():
-            order, rng = _rng(self.seed, epoch, _ORDER), _rng(self.seed, epoch, self.rank, _SHUFFLE)
-            aug_rng = _rng(self.seed, epoch, self.rank, _AUGMENT)
-            batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size,
-                                           rng, self._window(batch_size))
-            for x, y in batches:
-                yield self._finish(x, y, aug_rng)
-
-        return prefetched(produce)
+        order, rng = _rng(self.seed, n_pass, _ORDER), _rng(self.seed, n_pass, self.rank, _SHUFFLE)
+        batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size,
+                                       rng, self._window(batch_size))
+        for i, (x, y) in enumerate(batches):
+            if i >= skip:
+                yield self._finish(x, y, _rng(self.seed, n_pass, self.rank, _AUGMENT, i))
 
     def test_batches(self, batch_size):
         """Yield (x, y) over this rank's share of the test set once, in order, not augmented;

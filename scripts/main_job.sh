@@ -17,4 +17,4 @@ fi
 py="$(scripts/setup_env.sh tf2)/bin/python"
 exec "$py" train.py --problem fashion-mnist --logdir "${LOGDIR:-./logs/fashion-mnist}" \
   --n_levels 3 --depth 8 --width 128 --flow_permutation invconv --flow_coupling affine \
-  --gradient_checkpointing 0 --epochs 5 --epochs_warmup 1 --lr 0.001 --seed 0 "$@"
+  --gradient_checkpointing 0 --epochs 5 --epochs_warmup 1 --lr 0.001 --seed 0 --n_train 60000 "$@"

@@ -96,15 +96,15 @@ def instrument(opts):
 
 
 def union_batches(n_ranks):
-    real = data_loaders.data.Data.train_batches
+    real = data_loaders.data.Data.train_stream
 
-    def train_batches(self, batch_size, epoch):
+    def train_stream(self, batch_size, first, count):
         assert self.size == 1 and batch_size % n_ranks == 0, (self.size, batch_size, n_ranks)
         shards = []
         for r in range(n_ranks):
             view = copy.copy(self)
             view.rank, view.size = r, n_ranks
-            shards.append(real(view, batch_size // n_ranks, epoch))
+            shards.append(real(view, batch_size // n_ranks, first, count))
         try:
             for parts in zip(*shards):
                 yield (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
@@ -112,7 +112,7 @@ def union_batches(n_ranks):
             for shard in shards:
                 shard.close()
 
-    data_loaders.data.Data.train_batches = train_batches
+    data_loaders.data.Data.train_stream = train_stream
 
 
 def main(argv):

@@ -51,8 +51,43 @@ def test_any_batch_size_works(batch):
     """openai/glow raised KeyError for batch sizes outside its table."""
     cfg = config.derive_config(config.parse_args(["--n_batch_train", str(batch)]), (32, 32, 3), 10, 50000,
                                10000, 2)
-    assert cfg.local_batch_train == batch and cfg.train_its == 25000 // batch
+    assert cfg.local_batch_train == batch and cfg.train_its == -(-50000 // (2 * batch))
     assert 0 < cfg.beta2 < 1
+
+
+# Each paper command's problem: (image shape, classes, training and test images).
+PAPER_DATA = {"cifar10": ((32, 32, 3), 10, 50000, 10000), "imagenet-oord": ((64, 64, 3), 1000, 1281149, 49999),
+              "lsun_realnvp": ((64, 64, 3), 1, 3033042, 300), "celeba": ((256, 256, 3), 1, 27000, 3000)}
+
+
+@pytest.mark.parametrize("command", PAPER_COMMANDS[1:])
+@pytest.mark.parametrize("n_ranks", [1, 8])
+def test_paper_commands_derive_openai_glows_epoch(command, n_ranks):
+    """An epoch is --n_train (50,000) images at --anchor_size whatever the data
+    set's size: ceil(50000 / (64 x ranks)) steps, which also sets beta2 and the
+    Polyak average's span; n_processed counts anchor-size images. The CelebA
+    command runs (openai/glow took a test batch of 1 at 256 px)."""
+    args = config.parse_args(shlex.split(command))
+    shape, n_y, n_train, n_test = PAPER_DATA[args.problem]
+    cfg = config.derive_config(args, shape, n_y, n_train, n_test, n_ranks)
+    assert cfg.train_its == {1: 782, 8: 98}[n_ranks]
+    assert cfg.beta2 == pytest.approx(1 - 1.0 / cfg.train_its)
+    assert cfg.anchor_images_per_step == 64 * n_ranks
+    assert cfg.images_per_step == cfg.local_batch_train * n_ranks
+    assert cfg.local_batch_train == 64 * 32 ** 2 // shape[0] ** 2 and cfg.local_batch_test >= 1
+    # the warm-up ends after --epochs_warmup (10) epochs of anchor-size images
+    assert config.lr_at(cfg, 10 * 50000) == pytest.approx(args.lr)
+    assert config.lr_at(cfg, 5 * 50000) == pytest.approx(args.lr / 2)
+
+
+def test_epoch_size_needs_a_batch_per_rank_of_data():
+    args = config.parse_args(["--n_batch_train", "64"])
+    cfg = config.derive_config(args, (32, 32, 3), 10, 128, 10, 2)  # 64 images per rank: one batch
+    assert cfg.train_its == 391 and cfg.n_train_images == 128
+    with pytest.raises(ValueError, match="127 training images over 2 ranks give 63 per rank"):
+        config.derive_config(args, (32, 32, 3), 10, 127, 10, 2)
+    with pytest.raises(ValueError, match="--n_train 0: must be >= 1"):
+        config.derive_config(config.parse_args(["--n_train", "0"]), (32, 32, 3), 10, 50000, 10, 1)
 
 
 def test_batch_scaling_by_anchor_size():

@@ -569,6 +569,31 @@ def test_train_order_deterministic_per_seed_and_epoch(isolated):
     assert not np.array_equal(labels_and_pixels(0, 1, 0)[0], labels_and_pixels(0, 2, 0)[0])
 
 
+def test_train_stream_runs_across_passes_and_resumes_exactly(isolated):
+    """train.py's epochs are stretches of one stream of passes (openai/glow's
+    epoch is --n_train images, not a pass): a stretch starting anywhere is the
+    same batches as that part of the whole stream, augmentation included."""
+    write_idx_dir(isolated / "m", n_train=50)
+    d = get_data("mnist", data_dir=str(isolated / "m"), seed=4, dal=1, rank=1, size=2)
+    per_pass = d.train_steps(4)  # 25 images per rank: 6 batches, 1 image dropped
+    assert per_pass == 6
+    whole = list(d.train_stream(4, 0, 3 * per_pass + 2))
+    assert len(whole) == 3 * per_pass + 2
+    for n_pass in (1, 2, 3):  # the stream is the passes end to end
+        stretch = whole[(n_pass - 1) * per_pass:n_pass * per_pass]
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in stretch]),
+                                      all_batches(d.train_batches(4, epoch=n_pass))[0])
+    for first, count in ((0, 4), (4, 5), (7, 11), (12, 8)):  # e.g. a run resumed at step `first`
+        part = list(d.train_stream(4, first, count))
+        assert len(part) == count
+        for (x, y), (wx, wy) in zip(part, whole[first:first + count]):
+            np.testing.assert_array_equal(x, wx)
+            np.testing.assert_array_equal(y, wy)
+    # each pass in its own order
+    labels = [np.concatenate([y for _, y in whole[i * per_pass:(i + 1) * per_pass]]) for i in range(3)]
+    assert not np.array_equal(labels[0], labels[1])
+
+
 def test_init_batch_deterministic_per_seed_and_rank(isolated):
     write_idx_dir(isolated / "m", n_train=48)
     d0 = get_data("mnist", data_dir=str(isolated / "m"), rank=0, size=2)
@@ -623,6 +648,21 @@ def test_shift_augmentation_moves_a_dot_at_most_ten_percent():
     assert np.abs(shift_r).max() > 2.5  # shifts really span the +-10% range
 
 
+def test_shear_and_rotation_ranges_are_degrees():
+    """openai/glow's Keras 2.2.0 read both rotation_range and shear_range in
+    degrees: --dal 2's shear of 0.02 is 0.02 degrees, not 0.02 radians."""
+    aug = augment_mod.Augmentation(shift=0.0, rotation=0.0, zoom=0.0, shear=30.0, flip=False)
+    m, _ = augment_mod._draw(aug, np.random.RandomState(0), 500, 32, 32)
+    angles = np.rad2deg(np.arcsin(-m[:, 0, 1]))  # [[1, -sin(shear)], [0, cos(shear)]]
+    np.testing.assert_allclose(m[:, 1, 1], np.cos(np.deg2rad(angles)))
+    assert np.abs(angles).max() <= 30.0 and np.abs(angles).max() > 25.0
+    aug = aug._replace(shear=0.0, rotation=15.0)
+    m, _ = augment_mod._draw(aug, np.random.RandomState(0), 500, 32, 32)
+    angles = np.rad2deg(np.arctan2(m[:, 1, 0], m[:, 0, 0]))
+    assert np.abs(angles).max() <= 15.0 and np.abs(angles).max() > 12.0
+    assert augment_mod.EXTRA.shear == 0.02 and augment_mod.EXTRA.rotation == 15.0
+
+
 def test_dal_levels_per_problem():
     assert augment_mod.augmentation_for("cifar10", 0) is None
     assert augment_mod.augmentation_for("cifar10", 1) == augment_mod.SHIFTS
@@ -644,7 +684,7 @@ def test_dal_levels_per_problem():
     (dict(problem="mnist", rank=2, size=2), "rank 2: must be below size 2"),
     (dict(problem="mnist", seed=-1), "seed -1: must be an integer >= 0"),
     (dict(problem="cifar10", n_channels=1), "n_channels 1: problem cifar10 is RGB"),
-    (dict(problem="mnist", n_train=41), r"n_train 41: must be 1..40"),
+    (dict(problem="mnist", n_train=41), r"n_train \(train.py.s --train_subset\) 41: must be 1..40"),
 ])
 def test_bad_arguments(isolated, kwargs, message):
     write_idx_dir(isolated / "m")

@@ -57,6 +57,19 @@ def test_training_lowers_test_bits_and_writes_everything(tmp_path):
     assert os.path.exists(os.path.join(logdir, "best", "checkpoint"))
 
 
+def test_n_train_is_the_epoch_and_train_subset_the_data(tmp_path):
+    """openai/glow's --n_train sets the epoch (here 2048 images: 32 steps),
+    not how much of the training set is used; --train_subset does that."""
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "2", "--train_subset", "256")
+    assert status == 0
+    header = utils.read_jsonl(os.path.join(logdir, "train.txt"))[0]
+    assert (header["n_train"], header["train_subset"], header["n_train_images"], header["train_its"]) == \
+        (2048, 256, 256, 32)
+    assert _records(logdir, "train.txt")[-1]["n_processed"] == 2 * 64
+    with pytest.raises(ValueError, match=r"n_train \(train.py's --train_subset\) 60001: must be 1..60000"):
+        _run(tmp_path, "--train_subset", "60001", logdir=tmp_path / "too_many")
+
+
 def test_resume_continues_from_saved_step(tmp_path):
     status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "20")
     assert status == 0
@@ -178,7 +191,7 @@ def test_singular_invconv_is_skipped_in_the_graph(tmp_path):
 
 def _open_run(args):
     backend = train.runtime.make_backend("none", "cpu")
-    data = train.data_loaders.get_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test)
+    data = train.data_loaders.get_data("fashion-mnist", n_train=args.train_subset, n_test=args.n_test)
     cfg = train.config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, 1)
     tr = train.trainer_lib.Trainer(cfg, backend, lambda g: train.runtime.make_session("cpu", backend, graph=g))
     return train.Run(cfg, data, tr, backend)
