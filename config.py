@@ -135,7 +135,8 @@ def check_args(args):
         if args.flow_permutation not in ("invconv", "invconv_lu"):
             bad("--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation)
     for name in ("n_train", "n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
-                 "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws"):
+                 "epochs_full_valid", "epochs_full_sample", "anchor_size", "save_every", "max_nonfinite",
+                 "n_dequant_draws"):
         if getattr(args, name) < 1:
             bad("--%s %d: must be >= 1" % (name, getattr(args, name)))
     if args.lr <= 0 or not math.isfinite(args.lr):
@@ -217,7 +218,7 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
                          "more than one step to average over; use more data or a larger --polyak_epochs"
                          % (train_its, args.polyak_epochs))
     cfg = dict(vars(args))
-    cfg.pop("unknown_args", None)
+    cfg["ignored_args"] = cfg.pop("unknown_args", None) or []
     # Plain 1x1 convs need float64 determinants and inverses, which the NPU's
     # compute cores do not run: on the NPU the LU form is used (README).
     permutation = "invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv") \

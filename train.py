@@ -31,6 +31,34 @@ import trainer as trainer_lib  # noqa: E402
 import utils  # noqa: E402
 
 
+class StopRequest(object):
+    """The signal handler for Ctrl-C (SIGINT) and SIGTERM while training.
+
+    The first signal only asks the loop to stop: it raises KeyboardInterrupt
+    at its next check, between steps, and the run then saves and exits with
+    status 130. A second signal interrupts at once. A KeyboardInterrupt
+    raised by the handler itself (Python's default for SIGINT) lands
+    wherever the main thread is, TensorFlow's own Python code included: on
+    TF 2.21 some Ctrl-Cs then crashed the process (SIGSEGV, nothing saved)
+    or were swallowed and training went on."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt("signal %d, again" % signum)
+        self.signum = signum
+
+    def install(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self)
+
+    def check(self):
+        if self.signum is not None:
+            raise KeyboardInterrupt("signal %d" % self.signum)
+
+
 class Run(object):
     """What the loop functions share: config, data, graph, loggers, rank."""
 
@@ -41,6 +69,7 @@ class Run(object):
         self.backend = backend
         self.chief = backend.is_chief()
         self.logdir = cfg.logdir
+        self.stop = StopRequest()
         self.train_log = self.test_log = self.event_log = self.tensorboard = None
         if self.chief:
             self.train_log = utils.ResultLogger(os.path.join(self.logdir, "train.txt"), vars(cfg))
@@ -121,6 +150,7 @@ def train_one_epoch(run, epoch, state, skip=0):
                 sys.stdout.flush()
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break
+            run.stop.check()
     finally:
         # Stops the prefetch thread now, on an error too (the traceback would
         # keep the generator, and so the thread, alive).
@@ -211,16 +241,25 @@ def train(run, state):
     # so the resumed epoch gets the batches the uninterrupted one would have.
     skip = state["step"] - state["epoch"] * cfg.train_its
     skip = skip if 0 < skip < cfg.train_its else 0
+    if cfg.max_steps and state["step"] >= cfg.max_steps:
+        run.say("already at step %d, --max_steps %d: nothing to train" % (state["step"], cfg.max_steps))
+        return
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        run.stop.check()
         t0 = time.time()
+        step_before = state["step"]
         mean, ips = train_one_epoch(run, epoch, state, skip)
+        # An epoch cut short by --max_steps is not done: a resumed run
+        # finishes it (its train.txt line says partial).
+        partial = skip + state["step"] - step_before < cfg.train_its
         skip = 0
-        state["epoch"] = epoch
+        if not partial:
+            state["epoch"] = epoch
         stats = dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), mean.tolist()))
         if run.chief:
             run.train_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], ips=ips,
                               lr=config.lr_at(cfg, state["n_processed"]) * state["lr_scale"],
-                              n_skipped=run.trainer.n_skipped(), **stats)
+                              n_skipped=run.trainer.n_skipped(), **(dict(stats, partial=True) if partial else stats))
             run.scalars("train", state["step"], dict(stats, images_per_s=ips))
         test = None
         stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
@@ -298,11 +337,17 @@ def run_evaluate(run):
 # ---------------------------------------------------------------------------- setup
 
 
-def prepare_logdir(path):
-    """Create --logdir, or fail clearly before any work when it cannot be used."""
+def prepare_logdir(path, fresh_run):
+    """Create --logdir, or fail clearly before any work when it cannot be
+    used. A fresh training run (not --resume, not a mode) is refused where a
+    run already keeps its checkpoints: it would overwrite that run's best
+    checkpoint, samples and same-numbered checkpoints."""
     path = os.path.abspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError("--logdir %s is a file; give a folder" % path)
+    if fresh_run and os.path.exists(os.path.join(path, "checkpoints", "checkpoint")):
+        raise ValueError("--logdir %s already holds a run (checkpoints/): continue it with --resume, "
+                         "or give a new --logdir" % path)
     os.makedirs(path, exist_ok=True)
     if not os.access(path, os.W_OK):
         raise ValueError("--logdir %s is not writable" % path)
@@ -349,6 +394,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _interrupt)
     args = config.parse_args(argv)
     config.check_args(args)
+    if args.unknown_args:
+        # Only with --data_url/--train_url (ModelArts' launcher adds its own);
+        # a misspelt flag of ours lands here too. Also in the config line.
+        sys.stderr.write("ignoring unknown arguments: %s\n" % " ".join(args.unknown_args))
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
     # Process-wide, before the graph allocates; recorded in the config line.
@@ -368,7 +417,8 @@ def main(argv=None):
             args.problem, data_dir=data_dir or None, image_size=None if args.image_size == -1 else args.image_size,
             n_train=args.train_subset, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
             seed=args.seed, rank=backend.rank(), size=backend.size(), n_channels=args.n_channels)
-        args.logdir = prepare_logdir(args.logdir)
+        fresh_run = not (args.resume or args.inference or args.evaluate or args.sample)
+        args.logdir = prepare_logdir(args.logdir, fresh_run)
         cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())
         cfg.gradient_checkpointing_used = memory_saving_gradients.effective_mode(cfg.gradient_checkpointing)
         trainer = trainer_lib.Trainer(
@@ -383,6 +433,7 @@ def main(argv=None):
         if args.sample:
             return run_sample(run)
         try:
+            run.stop.install()
             train(run, state)
         except KeyboardInterrupt:
             run.say("\ninterrupted: saving a checkpoint at step %d; continue with --resume" % state["step"])
@@ -404,11 +455,18 @@ def cli(argv=None):
     status 2, not a traceback."""
     try:
         return main(argv)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
+        # OSError: a --logdir that cannot be made or written (a file in its
+        # path, a read-only or full disk); checkpoints already written stay.
         if os.environ.get("GLOW_TRACEBACK"):
             raise
         sys.stderr.write("error: %s\n(set GLOW_TRACEBACK=1 for the traceback)\n" % e)
         return 2
+    except KeyboardInterrupt:
+        # Outside the training loop (loading data, building the graph, a
+        # mode such as --evaluate), or a second signal while saving.
+        sys.stderr.write("interrupted outside the training loop: no checkpoint was written for it\n")
+        return 130
 
 
 if __name__ == "__main__":

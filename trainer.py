@@ -264,6 +264,15 @@ def resolve_checkpoint(path):
     return path
 
 
+def _check_all_used(prefix, have, used):
+    unused = sorted(set(have) - used)
+    if unused:
+        raise ValueError("checkpoint %s holds %d variables this model does not have, e.g. %s: it was written by a "
+                         "model with other flags (--n_levels, --depth, --flow_permutation, --flow_coupling, "
+                         "--learntop, --ycond); use those flags, or a new --logdir"
+                         % (prefix, len(unused), ", ".join(unused[:3])))
+
+
 def checkpoint_in_layout(prefix, shapes, scratch_dir):
     """A checkpoint holding the variables `shapes` ({key: shape}, a graph's
     saver keys) from checkpoint `prefix`: `prefix` itself when it has them
@@ -273,25 +282,31 @@ def checkpoint_in_layout(prefix, shapes, scratch_dir):
     the steps, model.step_key), both ways, slots and averages included. So
     a run written with --loop_steps resumes, evaluates or samples without
     it and the other way round. A variable found in neither layout is a
-    ValueError naming it."""
+    ValueError naming it, and so is a variable of the checkpoint that this
+    model has no use for (it was written by a model with other flags: a
+    smaller model would otherwise load part of it and train on)."""
     reader = tf.train.load_checkpoint(prefix)
     have = reader.get_variable_to_shape_map()
     if all(list(have.get(key, [-1])) == list(shape) for key, shape in shapes.items()):
+        _check_all_used(prefix, have, set(shapes))
         return prefix
     rows = {}  # stacked key -> {step: the checkpoint's key of that step's variable}
     for key in have:
         stacked = glow_model.step_key(key)
         if stacked is not None:
             rows.setdefault(stacked[0], {})[stacked[1]] = key
-    values, missing = {}, []
+    values, missing, used = {}, [], set()
     for key, shape in sorted(shapes.items()):
         stacked = glow_model.step_key(key)
         if key in have:
             values[key] = reader.get_tensor(key)
+            used.add(key)
         elif stacked is not None and stacked[0] in have:
             values[key] = reader.get_tensor(stacked[0])[stacked[1]]
+            used.add(stacked[0])
         elif key in rows and sorted(rows[key]) == list(range(shape[0] if shape else 0)):
             values[key] = np.stack([reader.get_tensor(rows[key][i]) for i in range(shape[0])])
+            used.update(rows[key].values())
         else:
             missing.append(key)
             continue
@@ -301,6 +316,7 @@ def checkpoint_in_layout(prefix, shapes, scratch_dir):
         raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: was it written by a "
                          "model with other flags (--n_levels, --depth, --width, --flow_permutation, "
                          "--flow_coupling, --learntop, --ycond)?" % (prefix, len(missing), ", ".join(missing[:3])))
+    _check_all_used(prefix, have, used)
     keys = sorted(values)
     out = os.path.join(scratch_dir, "converted.ckpt")
     with tf.Graph().as_default():

@@ -103,6 +103,8 @@ def test_batch_scaling_by_anchor_size():
     (["--beta1", "1.0"], (32, 32, 1), "--beta1 1.0"),
     (["--weight_decay", "0"], (32, 32, 1), "--weight_decay 0"),
     (["--sample", "4", "--inference"], (32, 32, 1), "pick one mode"),
+    (["--epochs_full_sample", "0"], (32, 32, 1), "--epochs_full_sample 0: must be >= 1"),
+    (["--epochs_full_valid", "-1"], (32, 32, 1), "--epochs_full_valid -1: must be >= 1"),
 ])
 def test_impossible_configs_name_the_value(flags, shape, message):
     n_y = 1 if "--ycond" in flags else 10

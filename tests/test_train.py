@@ -1,8 +1,11 @@
-"""train.py end to end on a subset of the real Fashion-MNIST (Debian's
-dataset-fashion-mnist, installed by .ci/run): training lowers test bits/dim,
---resume continues, non-finite steps are survived, every mode runs, and bad
-flags give clear errors."""
+"""train.py end to end on the real Fashion-MNIST (Debian's
+dataset-fashion-mnist, installed by .ci/run; short epochs of 2,048 images and
+a 512-image test subset): training lowers test bits/dim, --resume continues,
+Ctrl-C saves, non-finite steps are survived, every mode runs, and bad flags
+give clear errors."""
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -71,21 +74,31 @@ def test_n_train_is_the_epoch_and_train_subset_the_data(tmp_path):
 
 
 def test_resume_continues_from_saved_step(tmp_path):
+    """A run stopped by --max_steps 20 inside epoch 1 (32 steps) resumes
+    inside epoch 1; resuming again at or past --max_steps trains nothing."""
     status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "20")
     assert status == 0
+    status, _ = _run(tmp_path, "--epochs", "1", "--max_steps", "20", "--resume")
+    assert status == 0
+    assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, 20)]
     status, _ = _run(tmp_path, "--epochs", "2", "--resume")
     assert status == 0
     events = _records(logdir, "events.txt")
     resumed = [e for e in events if e.get("event") == "resumed"]
-    assert len(resumed) == 1 and resumed[0]["step"] == 20 and resumed[0]["epoch"] == 1
+    assert [(e["step"], e["epoch"]) for e in resumed] == [(20, 0), (20, 0)]
     trains = _records(logdir, "train.txt")
-    assert [(r["epoch"], r["step"]) for r in trains] == [(1, 20), (2, 52)]
+    assert [(r["epoch"], r["step"], r.get("partial")) for r in trains] == [(1, 20, True), (1, 32, None),
+                                                                           (2, 64, None)]
     lines = utils.read_jsonl(os.path.join(logdir, "train.txt"))
     assert lines[0].get("resumed") is None and any(line.get("resumed") for line in lines[1:])
     # The resumed run prunes the first run's checkpoints too (max_to_keep 2):
-    # steps 0 and 20 were written before, 52 after.
+    # steps 0 and 20 were written before, 32 and 64 after.
     kept = sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index"))
-    assert kept == ["model.ckpt-20.index", "model.ckpt-52.index"], kept
+    assert kept == ["model.ckpt-32.index", "model.ckpt-64.index"], kept
+    # Resuming with a smaller model is refused, and nothing is pruned.
+    with pytest.raises(ValueError, match="variables this model does not have"):
+        _run(tmp_path, "--epochs", "3", "--resume", "--depth", "1")
+    assert sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index")) == kept
 
 
 def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
@@ -269,6 +282,12 @@ def test_checkpoint_layouts_convert_both_ways(tmp_path):
     with pytest.raises(ValueError, match=r"model/1/step/actnorm/b \(shape \[4, 3\] in the checkpoint, \[5, 3\]"):
         trainer_lib.checkpoint_in_layout(str(tmp_path / "stacked" / "model.ckpt"),
                                          {"model/1/step/actnorm/b": [5, 3]}, str(tmp_path))
+    # A checkpoint of a larger model: what this model lacks is named, in
+    # either layout (a smaller model must not load part of it and train on).
+    fewer = dict((k, list(v.shape)) for k, v in stacked.items() if k != "model/pool0/conv/W")
+    for name in ("stacked", "unrolled"):
+        with pytest.raises(ValueError, match="holds 1 variables this model does not have, e.g. model/pool0/conv/W"):
+            trainer_lib.checkpoint_in_layout(str(tmp_path / name / "model.ckpt"), fewer, str(tmp_path))
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -287,6 +306,48 @@ def test_bad_flags_are_clear_errors(tmp_path, flags, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stop_request_defers_the_first_signal_and_not_the_second():
+    stop = train.StopRequest()
+    stop.check()
+    stop(signal.SIGINT, None)  # the handler itself does not raise: the loop checks
+    with pytest.raises(KeyboardInterrupt):
+        stop.check()
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)  # a second Ctrl-C interrupts at once
+
+
+def test_ctrl_c_saves_the_step_and_exits_130(tmp_path):
+    logdir = str(tmp_path / "logs")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + TINY
+                            + ["--logdir", logdir, "--epochs", "2", "--verbose"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    out, steps = [], 0
+    for line in proc.stdout:
+        out.append(line)
+        if line.split(" ", 1)[0].isdigit() and " lr " in line:
+            steps += 1
+            if steps == 5:
+                proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=300) == 130, "".join(out)[-3000:]
+    text = "".join(out)
+    saved = re.search(r"interrupted: saving a checkpoint at step (\d+)", text)
+    assert saved, text[-3000:]
+    assert int(saved.group(1)) >= 5
+    assert os.path.exists(os.path.join(logdir, "checkpoints", "model.ckpt-%s.index" % saved.group(1)))
+    status, _ = _run(tmp_path, "--epochs", "1", "--resume", logdir=logdir)
+    assert status == 0
+    assert _records(logdir, "train.txt")[-1]["step"] == 32
+
+
+def test_fresh_run_in_a_logdir_holding_a_run_is_refused(tmp_path):
+    logdir = tmp_path / "run"
+    (logdir / "checkpoints").mkdir(parents=True)
+    (logdir / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-7"\n')
+    with pytest.raises(ValueError, match="already holds a run .*continue it with --resume"):
+        _run(tmp_path, "--epochs", "1", logdir=logdir)
+    assert sorted(os.listdir(str(logdir))) == ["checkpoints"]  # no log was started
 
 
 def test_logdir_that_is_a_file_is_refused(tmp_path):
