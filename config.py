@@ -145,10 +145,14 @@ def check_args(args):
         bad("--beta1 %r: must be in [0, 1)" % args.beta1)
     if not 0 < args.weight_decay <= 1:
         bad("--weight_decay %r: multiplies the weights each step, must be in (0, 1] (1: off)" % args.weight_decay)
-    if args.polyak_epochs <= 0:
-        bad("--polyak_epochs %r: must be > 0" % args.polyak_epochs)
-    if args.epochs_warmup < 0:
-        bad("--epochs_warmup %r: must be >= 0" % args.epochs_warmup)
+    if not (args.polyak_epochs > 0 and math.isfinite(args.polyak_epochs)):
+        bad("--polyak_epochs %r: must be a number > 0" % args.polyak_epochs)
+    if not (args.epochs_warmup >= 0 and math.isfinite(args.epochs_warmup)):
+        bad("--epochs_warmup %r: must be a number >= 0" % args.epochs_warmup)
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        bad("--temperature %r: must be a number >= 0 (1: the model's own spread)" % args.temperature)
+    if args.n_test != -1 and args.n_test < 1:
+        bad("--n_test %d: must be -1 (the whole test set) or >= 1" % args.n_test)
     if not 1 <= args.n_bits_x <= 8:
         bad("--n_bits_x %d: must be in 1..8" % args.n_bits_x)
     if args.image_size != -1 and (args.image_size < 2 or args.image_size & (args.image_size - 1)):
@@ -210,8 +214,10 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
     local_batch_train = scaled(args.n_batch_train, "n_batch_train")
     per_rank = n_train // n_ranks
     if per_rank < local_batch_train:
-        raise ValueError("%d training images over %d ranks give %d per rank, fewer than one batch of %d"
-                         % (n_train, n_ranks, per_rank, local_batch_train))
+        raise ValueError("%d training images over %d rank(s) give %d per rank, fewer than one batch of %d "
+                         "(--n_batch_train %d at --anchor_size %d, for %d px images)"
+                         % (n_train, n_ranks, per_rank, local_batch_train, args.n_batch_train, args.anchor_size,
+                            image_size))
     train_its = -(-args.n_train // (args.n_batch_train * n_ranks))
     if train_its * args.polyak_epochs <= 1:
         raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "

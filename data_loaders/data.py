@@ -128,7 +128,8 @@ class Data(object):
         """(x, y): n training images, augmented, for data-dependent init; fixed by seed and rank."""
         n = _check_count(n, "init batch size")
         if n > self.n_train:
-            raise DataError("init batch size %d: the training set has only %d images" % (n, self.n_train))
+            raise DataError("init batch size %d (train.py's --n_batch_init at its image size): the training set "
+                            "has only %d images" % (n, self.n_train))
         order = _rng(self.seed, self.rank, _INIT_ORDER)
         rng = _rng(self.seed, self.rank, _INIT_SHUFFLE)
         x, y = next(iter(self._train.shuffled(order, 0, n, n, rng, n)))

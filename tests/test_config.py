@@ -84,7 +84,8 @@ def test_epoch_size_needs_a_batch_per_rank_of_data():
     args = config.parse_args(["--n_batch_train", "64"])
     cfg = config.derive_config(args, (32, 32, 3), 10, 128, 10, 2)  # 64 images per rank: one batch
     assert cfg.train_its == 391 and cfg.n_train_images == 128
-    with pytest.raises(ValueError, match="127 training images over 2 ranks give 63 per rank"):
+    with pytest.raises(ValueError, match=r"127 training images over 2 rank\(s\) give 63 per rank, fewer than one "
+                                         r"batch of 64 \(--n_batch_train 64 at --anchor_size 32, for 32 px"):
         config.derive_config(args, (32, 32, 3), 10, 127, 10, 2)
     with pytest.raises(ValueError, match="--n_train 0: must be >= 1"):
         config.derive_config(config.parse_args(["--n_train", "0"]), (32, 32, 3), 10, 50000, 10, 1)
@@ -105,6 +106,9 @@ def test_batch_scaling_by_anchor_size():
     (["--sample", "4", "--inference"], (32, 32, 1), "pick one mode"),
     (["--epochs_full_sample", "0"], (32, 32, 1), "--epochs_full_sample 0: must be >= 1"),
     (["--epochs_full_valid", "-1"], (32, 32, 1), "--epochs_full_valid -1: must be >= 1"),
+    (["--polyak_epochs", "nan"], (32, 32, 1), "--polyak_epochs nan: must be a number > 0"),
+    (["--temperature", "-1"], (32, 32, 1), "--temperature -1.0: must be a number >= 0"),
+    (["--n_test", "-5"], (32, 32, 1), "--n_test -5: must be -1"),
 ])
 def test_impossible_configs_name_the_value(flags, shape, message):
     n_y = 1 if "--ycond" in flags else 10

@@ -602,7 +602,8 @@ def test_init_batch_deterministic_per_seed_and_rank(isolated):
     assert x.shape == (10, 32, 32, 1) and y.shape == (10,)
     np.testing.assert_array_equal(x, d0.init_batch(10)[0])
     assert not np.array_equal(x, d1.init_batch(10)[0])
-    with pytest.raises(DataError, match="init batch size 49: the training set has only 48"):
+    with pytest.raises(DataError, match=r"init batch size 49 \(train.py's --n_batch_init at its image size\): "
+                                        r"the training set has only 48"):
         d0.init_batch(49)
 
 
