@@ -23,8 +23,8 @@ COLOURS = {"train": (31, 119, 180), "test": (214, 39, 40)}
 def read_curve(path, x_key):
     points = []
     for record in utils.read_jsonl(path, skip_invalid=True):
-        if "problem" in record or record.get("mode") or x_key not in record:
-            continue  # config lines, --evaluate lines
+        if "problem" in record or record.get("mode") or record.get("partial") or x_key not in record:
+            continue  # config lines, --evaluate lines, epochs cut short by --max_steps
         y = record.get("bits_x")
         try:
             y = float(y)
