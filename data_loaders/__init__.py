@@ -81,8 +81,8 @@ def get_data(problem, data_dir=None, image_size=None, n_train=None, n_test=None,
     cache_dir = cache_dir or default_cache_dir(spec.name)
     found, location = find_data(spec, data_dir, cache_dir, download)
     train, test, n_y, channels = build(spec, found, image_size, n_channels)
-    train = head(train, n_train, "n_train (train.py's --train_subset)", spec.name)
-    test = head(test, n_test, "n_test", spec.name)
+    train = head(train, n_train, "n_train (train.py's --train_subset)", "training", spec.name)
+    test = head(test, n_test, "n_test", "test", spec.name)
     image_shape = (image_size, image_size, n_channels or channels)
     return Data(spec.name, train, test, n_y, image_shape, augmentation, seed, rank, size, location)
 

@@ -72,11 +72,11 @@ def _folder(data_dir, image_size, n_channels):
     return sources[0], sources[1], max(len(names), 1), n_channels
 
 
-def head(source, n, what, problem):
+def head(source, n, what, split, problem):
     """The first n images of a split (all if n is None), or DataError if n does not fit."""
     if n is None:
         return source
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= source.n:
         raise DataError("%s %r: must be 1..%d (the %s split of %s has %d images)" % (
-            what, n, source.n, "test" if what.startswith("n_test") else "training", problem, source.n))
+            what, n, source.n, split, problem, source.n))
     return source.head(int(n))
