@@ -47,7 +47,10 @@ def build_parser():
     a("--problem", default="cifar10", help="data set, see data_loaders.PROBLEMS")
     a("--category", default="", help="LSUN category (a subfolder of --data_dir)")
     a("--data_dir", default="", help="folder with the data files (default: standard places, then download)")
-    a("--dal", type=int, default=1, choices=[0, 1, 2], help="data augmentation level: 0 none, 1 standard, 2 extra")
+    a("--dal", type=int, default=1, choices=[0, 1, 2],
+      help="data augmentation level: 0 none, 1 random shifts, 2 shifts, flips, rotation, zoom, shear (openai/glow's). "
+           "Shifts are sub-pixel and resampled bilinearly, which blurs the training images: with 1 or 2 the training "
+           "bits/dim is not comparable with the test's (docs/RESULTS.md)")
     a("--fmap", type=int, default=1, help="parallel file readers (TFRecord problems)")
     a("--pmap", type=int, default=16, help="parallel map threads (TFRecord problems)")
     a("--n_train", type=int, default=50000,
@@ -108,6 +111,12 @@ def build_parser():
     a("--n_channels", type=int, default=None, choices=[1, 3], help="MNIST-like problems: 1 (default) or 3 channels")
     a("--evaluate", action="store_true", help="test bits/dim of --restore_path (or the latest checkpoint), then exit")
     a("--n_dequant_draws", type=int, default=1, help="with --evaluate: average over this many noise draws")
+    a("--per_image", action="store_true",
+      help="with --evaluate: also write every test image's bits/dim to LOGDIR/test_bits_per_image.csv")
+    a("--weights", default="raw", choices=["raw", "polyak"],
+      help="the weights best/ is chosen by and --sample and --inference use: the raw weights (the paper's and "
+           "openai/glow's test figure) or their Polyak average; test lines report both, epoch samples use the "
+           "better")
     a("--sample", type=int, default=0, metavar="N", help="write N samples of the checkpoint to a PNG grid, then exit")
     a("--temperature", type=float, default=0.7, help="with --sample")
     a("--tensorboard", action="store_true", help="also write TensorBoard summaries")
@@ -178,6 +187,8 @@ def check_args(args):
             scale = float("nan")
         if not scale >= 1 or not math.isfinite(scale):
             bad("--loss_scale %r: must be a number >= 1 or 'dynamic'" % args.loss_scale)
+    if args.per_image and not args.evaluate:
+        bad("--per_image writes --evaluate's per-image figures: add --evaluate")
     if args.sample < 0 or args.max_steps < 0:
         bad("--sample and --max_steps must be >= 0")
 

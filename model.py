@@ -310,7 +310,7 @@ class Glow(object):
         continuous model, in nats), bits_x (bits per dimension, the paper's
         metric: -objective / (ln 2 * H*W*C)), bits_y (class loss in bits,
         zero without ycond and weight_y), loss (bits_x + weight_y * bits_y),
-        pred_error (1 for a wrong class prediction; 1 without a classifier,
+        pred_loss (1 for a wrong class prediction; 1 without a classifier,
         as openai/glow). checkpointing: see `encode`; take the gradients
         with memory_saving_gradients.gradients(..., mode=checkpointing)."""
         x = self.preprocess(x_uint8)
@@ -332,16 +332,16 @@ class Glow(object):
             y_onehot = tf.one_hot(y, self.n_y, dtype=self.dtype)
             bits_y = tf.nn.softmax_cross_entropy_with_logits_v2(labels=y_onehot, logits=logits) / np.log(2.0)
             predicted = tf.argmax(logits, 1, output_type=tf.int32)
-            pred_error = 1.0 - tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)), self.dtype)
+            pred_loss = 1.0 - tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)), self.dtype)
         else:
             bits_y = tf.zeros_like(bits_x)
-            pred_error = tf.ones_like(bits_x)
+            pred_loss = tf.ones_like(bits_x)
         return {
             "objective": objective,
             "bits_x": bits_x,
             "bits_y": bits_y,
             "loss": bits_x + self.weight_y * bits_y,
-            "pred_error": pred_error,
+            "pred_loss": pred_loss,
         }, enc
 
     def init_op(self, x_uint8, y):

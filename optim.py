@@ -192,20 +192,30 @@ class Polyak(object):
             raise ValueError("Polyak.average: %r is not one of the averaged params" % (param,))
         return avg
 
-    def ema_getter(self, getter, name, *args, **kwargs):
-        """Custom getter: returns the average of each averaged param.
+    def getter(self, use_average):
+        """A custom getter that reads each averaged param's average where the
+        bool scalar `use_average` (a tensor, e.g. a placeholder, or a Python
+        bool) is true, and the param itself where it is false.
 
-        Use it to build an evaluation copy of the model that reads the averaged
-        weights, with no swap op and no risk of training on swapped weights:
+        One evaluation graph then serves both weightings, with no swap op and
+        no risk of training on swapped weights:
 
-            with tf.variable_scope('model', reuse=True, custom_getter=ema.ema_getter):
+            with tf.variable_scope('model', reuse=True, custom_getter=ema.getter(flag)):
                 eval_out = build_model(x)
 
         Variables that are not among `params` (non-trainable statistics, or
         anything the optimizer was not given) come back unchanged.
         """
-        var = getter(name, *args, **kwargs)
-        return self._by_name.get(getattr(var, "name", None), var)
+        def get(getter, name, *args, **kwargs):
+            var = getter(name, *args, **kwargs)
+            avg = self._by_name.get(getattr(var, "name", None))
+            if avg is None or use_average is False:
+                return var
+            if use_average is True:
+                return avg
+            return tf.where_v2(use_average, avg.value(), var.value())
+
+        return get
 
 
 def polyak(params, decay, scope="optim"):

@@ -6,11 +6,17 @@
 Flags are openai/glow's (see config.py). The run writes to --logdir:
 train.txt and test.txt (JSON lines, the first line the full config),
 events.txt (skipped steps, recoveries), checkpoints/ (latest), best/ (best test
-bits/dim) and samples/ (PNG grids at several temperatures). Evaluation and
-samples use the Polyak-averaged weights.
+bits/dim) and samples/ (PNG grids at several temperatures).
+
+Test bits/dim is reported twice: with the raw weights (`bits_x`, the paper's
+and openai/glow's metric) and with their Polyak average (`bits_x_polyak`),
+both over the whole test set on the same dequantisation noise, with the raw
+evaluation's median and worst images. best/ follows the `--weights` figure
+(raw by default); epoch samples use whichever weights test better then.
 
 Other modes: --inference (encode the test set), --evaluate (test bits/dim of a
-checkpoint), --sample N (a PNG grid from a checkpoint).
+checkpoint, --per_image for a CSV of every image's), --sample N (a PNG grid
+from a checkpoint).
 """
 import os
 import signal
@@ -158,7 +164,7 @@ def train_one_epoch(run, epoch, state, skip=0):
     if show_bar:
         sys.stdout.write("\r")
     dt = time.time() - t0
-    mean = np.mean(results, axis=0) if results else np.full(4, np.nan)
+    mean = np.mean(results, axis=0) if results else np.full(len(trainer_lib.STATS), np.nan)
     return mean, n_steps * cfg.images_per_step / max(dt, 1e-9)
 
 
@@ -197,15 +203,50 @@ def recover(run, state):
               lr_scale=state["lr_scale"])
 
 
-def evaluate(run, n_draws=1, bits_out=None):
-    """Test loss and bits/dim (Polyak weights) over the whole test set, all ranks."""
-    sums, count = run.trainer.eval_sums(run.data.test_batches(run.cfg.local_batch_test), n_draws, bits_out)
-    return dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), (sums / max(count, 1)).tolist())), count
+N_WORST = 5  # worst test images named in each test line
 
 
-def draw_samples(run, epoch):
+def evaluate(run, n_draws=1):
+    """The test set, whole, on every rank's share, with both weightings.
+
+    Returns (line, per_image): `line` for test.txt, with the mean STATS of
+    the raw weights under openai/glow's keys (bits_x: the paper's test
+    bits/dim), those of the Polyak average under the same keys + "_polyak",
+    the medians and the raw evaluation's N_WORST worst images as [test
+    index, bits/dim]; `per_image`: {"raw", "polyak"}: STATS [4, n_test]
+    in test-set order (on every rank)."""
+    cfg, data, tr = run.cfg, run.data, run.trainer
+    start, _ = data.test_range()
+    per_image = {}
+    for weights in trainer_lib.WEIGHTS:
+        local = tr.eval_per_image(data.test_batches(cfg.local_batch_test), start, n_draws, weights)
+        per_image[weights] = tr.gather(local, start, data.n_test)
+    return test_line(per_image), per_image
+
+
+def test_line(per_image):
+    """The summary `evaluate` logs, from per-image STATS of each weighting."""
+    line = {}
+    bits = trainer_lib.STATS.index("bits_x")
+    for weights, suffix in (("raw", ""), ("polyak", "_polyak")):
+        stats = per_image[weights].astype(np.float64)
+        line.update(("%s%s" % (k, suffix), float(v)) for k, v in zip(trainer_lib.STATS, stats.mean(axis=1)))
+        line["median_bits_x" + suffix] = float(np.median(stats[bits]))
+    raw = per_image["raw"][bits].astype(np.float64)
+    worst = np.argsort(-np.where(np.isnan(raw), np.inf, raw), kind="stable")[:N_WORST]
+    line.update(n_images=int(raw.size), worst_images=[[int(i), float(raw[i])] for i in worst])
+    return line
+
+
+def better_weights(line):
+    """The weighting whose test bits/dim is lower in a test line ("raw" on a tie)."""
+    return "polyak" if line["bits_x_polyak"] < line["bits_x"] else "raw"
+
+
+def draw_samples(run, epoch, weights):
     """openai/glow's grids: one PNG per temperature, 10x10 (4x4 above 64 px);
-    with --ycond each row shows classes 0, 1, ... (mod n_y), one per column."""
+    with --ycond each row shows classes 0, 1, ... (mod n_y), one per column.
+    `weights` ("raw" or "polyak") draws them, and ends the file names."""
     if not run.chief:
         return
     cfg = run.cfg
@@ -214,8 +255,9 @@ def draw_samples(run, epoch):
     folder = os.path.join(run.logdir, "samples")
     os.makedirs(folder, exist_ok=True)
     for t in config.TEMPERATURES:
-        images = run.trainer.sample(y, np.full(len(y), t, np.float32))
-        utils.save_image_grid(images, os.path.join(folder, "epoch_%04d_t%.2f.png" % (epoch, t)), n_cols=rows)
+        images = run.trainer.sample(y, np.full(len(y), t, np.float32), weights)
+        utils.save_image_grid(images, os.path.join(folder, "epoch_%04d_t%.2f_%s.png" % (epoch, t, weights)),
+                              n_cols=rows)
 
 
 def save(run, state, best=False):
@@ -235,7 +277,8 @@ def save(run, state, best=False):
 
 def train(run, state):
     cfg = run.cfg
-    run.say("epoch  train_bits  test_bits  images/s  time(s)  lr")
+    run.say("epoch  train_bits  test_bits  test_polyak  images/s  time(s)  lr")
+    sample_weights = "raw"  # until a test line says which weights test better
     # Steps already done in an epoch that was interrupted. The batches are a
     # stream fixed by the seed and indexed by the step (Data.train_stream),
     # so the resumed epoch gets the batches the uninterrupted one would have.
@@ -255,7 +298,7 @@ def train(run, state):
         skip = 0
         if not partial:
             state["epoch"] = epoch
-        stats = dict(zip(("loss", "bits_x", "bits_y", "pred_loss"), mean.tolist()))
+        stats = dict(zip(trainer_lib.STATS, mean.tolist()))
         if run.chief:
             run.train_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], ips=ips,
                               lr=config.lr_at(cfg, state["n_processed"]) * state["lr_scale"],
@@ -267,16 +310,19 @@ def train(run, state):
             test, _ = evaluate(run)
             if run.chief:
                 run.test_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], **test)
-                run.scalars("test", state["step"], test)
-            if test["loss"] < state["best_test"]:
-                state["best_test"] = test["loss"]
+                run.scalars("test", state["step"], {k: v for k, v in test.items() if k != "worst_images"})
+            sample_weights = better_weights(test)
+            best_key = "loss" if cfg.weights == "raw" else "loss_polyak"
+            if test[best_key] < state["best_test"]:
+                state["best_test"] = test[best_key]
                 save(run, state, best=True)
         if config.is_sample_epoch(cfg, epoch) or stop:
-            draw_samples(run, epoch)
+            draw_samples(run, epoch, sample_weights)
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop:
             save(run, state)
-        run.say("%5d  %10.4f  %9s  %8.1f  %7.1f  %.2e" % (
-            epoch, stats["bits_x"], "%.4f" % test["bits_x"] if test else "-", ips, time.time() - t0,
+        run.say("%5d  %10.4f  %9s  %11s  %8.1f  %7.1f  %.2e" % (
+            epoch, stats["bits_x"], "%.4f" % test["bits_x"] if test else "-",
+            "%.4f" % test["bits_x_polyak"] if test else "-", ips, time.time() - t0,
             config.lr_at(cfg, state["n_processed"]) * state["lr_scale"]))
         if stop:
             run.say("stopped at --max_steps %d" % cfg.max_steps)
@@ -291,7 +337,7 @@ def run_inference(run):
     decoding z gives back x."""
     zs, xs, ys, mismatched = [], [], [], 0
     for x, y in run.data.test_batches(run.cfg.local_batch_test):
-        z, x_back = run.trainer.encode(x, y)
+        z, x_back = run.trainer.encode(x, y, run.cfg.weights)
         mismatched += int(np.sum(np.any(x_back != x, axis=(1, 2, 3))))
         zs.append(z)
         xs.append(x)
@@ -300,8 +346,8 @@ def run_inference(run):
     for name, arrays in (("z", zs), ("x", xs), ("y", ys)):
         np.save(os.path.join(run.logdir, name + suffix + ".npy"), np.concatenate(arrays))
     n = sum(len(x) for x in xs)
-    print("inference: encoded %d test images to %s; decoding reproduced %d of them exactly"
-          % (n, os.path.join(run.logdir, "z%s.npy" % suffix), n - mismatched))
+    print("inference: encoded %d test images to %s with the %s weights; decoding reproduced %d of them exactly"
+          % (n, os.path.join(run.logdir, "z%s.npy" % suffix), run.cfg.weights, n - mismatched))
     return 0 if mismatched == 0 else 1
 
 
@@ -309,29 +355,43 @@ def run_sample(run):
     cfg = run.cfg
     n = cfg.sample
     y = np.arange(n, dtype=np.int32) % cfg.n_y
-    images = run.trainer.sample(y, np.full(n, cfg.temperature, np.float32))
-    path = os.path.join(run.logdir, "samples_t%.2f.png" % cfg.temperature)
+    images = run.trainer.sample(y, np.full(n, cfg.temperature, np.float32), cfg.weights)
+    path = os.path.join(run.logdir, "samples_t%.2f_%s.png" % (cfg.temperature, cfg.weights))
     if run.chief:
         utils.save_image_grid(images, path)
-        print("sample: %d images at temperature %.2f -> %s" % (n, cfg.temperature, path))
+        print("sample: %d images at temperature %.2f with the %s weights -> %s"
+              % (n, cfg.temperature, cfg.weights, path))
     return 0
 
 
 def run_evaluate(run):
-    """Test bits/dim of a checkpoint. Besides the mean (the paper's metric),
-    the median and worst image of this rank's share: a mean far above the
-    median means a few images the model finds very unlikely."""
-    bits = []
-    test, count = evaluate(run, run.cfg.n_dequant_draws, bits)
-    if run.chief:
-        spread = {"median_bits_x": float(np.median(bits)), "max_bits_x": float(np.max(bits)),
-                  "argmax_bits_x": int(np.argmax(bits))}
-        run.test_log.log(mode="evaluate", n_images=count, n_dequant_draws=run.cfg.n_dequant_draws,
-                         **dict(test, **spread))
-        print("evaluate: test bits/dim %.4f over %d images (%d dequantisation draws); median %.4f, worst %.4f "
-              "(test image %d)" % (test["bits_x"], count, run.cfg.n_dequant_draws, spread["median_bits_x"],
-                                   spread["max_bits_x"], spread["argmax_bits_x"]))
+    """Test bits/dim of a checkpoint with both weightings (a test line
+    marked mode "evaluate"), averaged over --n_dequant_draws draws; with
+    --per_image, every test image's to LOGDIR/test_bits_per_image.csv."""
+    cfg = run.cfg
+    line, per_image = evaluate(run, cfg.n_dequant_draws)
+    if not run.chief:
+        return 0
+    run.test_log.log(mode="evaluate", n_dequant_draws=cfg.n_dequant_draws, **line)
+    print("evaluate: test bits/dim %.4f with the raw weights, %.4f with the Polyak average, over %d images "
+          "(%d dequantisation draws); raw median %.4f, worst %s"
+          % (line["bits_x"], line["bits_x_polyak"], line["n_images"], cfg.n_dequant_draws, line["median_bits_x"],
+             ", ".join("%.4f (test image %d)" % (b, i) for i, b in line["worst_images"][:3])))
+    if cfg.per_image:
+        path = os.path.join(run.logdir, "test_bits_per_image.csv")
+        write_per_image(path, per_image, cfg.n_dequant_draws)
+        print("evaluate: bits/dim of each test image -> %s" % path)
     return 0
+
+
+def write_per_image(path, per_image, n_draws):
+    """CSV, one row per test image in test-set order: its index, bits/dim
+    with the raw and with the Polyak weights (dequantisation draws averaged)."""
+    bits = trainer_lib.STATS.index("bits_x")
+    rows = ["index,bits_x,bits_x_polyak,n_dequant_draws"]
+    for i, (raw, avg) in enumerate(zip(per_image["raw"][bits], per_image["polyak"][bits])):
+        rows.append("%d,%.6f,%.6f,%d" % (i, raw, avg, n_draws))
+    utils.atomic_write_bytes(path, ("\n".join(rows) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------- setup

@@ -4,8 +4,9 @@ evaluation, sampling, encoding, checkpoints.
 One `Trainer` builds, once, every graph a run needs on one set of weights:
 the data-dependent init, the training step (gradients averaged over ranks,
 Adam/Adamax, Polyak average, skipped when non-finite), and evaluation,
-sampling and encoding graphs that read the Polyak averages through a custom
-getter. The loop itself lives in train.py.
+sampling and encoding graphs that read either the raw weights (the paper's
+and openai/glow's test bits/dim) or their Polyak averages, as fed
+(`weights`: "raw" or "polyak"). The loop itself lives in train.py.
 """
 import os
 import shutil
@@ -18,6 +19,16 @@ import memory_saving_gradients
 import model as glow_model
 import optim
 
+# The per-example statistics of training and evaluation, in this order
+# wherever they travel as an array, and their names in the logs (openai/glow's).
+STATS = ("loss", "bits_x", "bits_y", "pred_loss")
+WEIGHTS = ("raw", "polyak")
+
+
+def _check_weights(weights):
+    if weights not in WEIGHTS:
+        raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(WEIGHTS)))
+    return weights == "polyak"
 
 
 class Trainer(object):
@@ -77,18 +88,20 @@ class Trainer(object):
         self.opt = optim.make_train_op(cfg.optimizer, params, grads, self.lr * self.lr_scale, cfg.beta1,
                                        cfg.beta2, weight_decay=cfg.weight_decay, loss=loss)
         self.train_stats = self._mean_stats(stats)
-        ema = self.opt.ema.ema_getter
+        # Evaluation, sampling and encoding read the raw weights or their
+        # Polyak averages, as fed: one copy of each graph serves both (each
+        # copy of the flow in the graph costs memory, docs/BENCHMARKS.md).
+        self.use_polyak = tf.placeholder_with_default(False, [], name="use_polyak")
+        ema = self.opt.ema.getter(self.use_polyak)
 
-        # One encoding of the test batch serves evaluation (dequantised, the
-        # default) and `encode` (at the centre of each bin: deterministic, and
-        # decoding it must give back the same integers). Each copy of the
-        # flow in the graph costs memory (docs/BENCHMARKS.md).
-        self.dequantize_test = tf.placeholder_with_default(True, [], name="dequantize_test")
-        x_test = glow.preprocess(self.x_test)
-        x_test = tf.where(self.dequantize_test, glow.dequantize(x_test), x_test + 0.5 / glow.n_bins)
-        eval_stats, enc = glow.stats(x_test, self.y_test, custom_getter=ema)
-        self.eval_per_example = [eval_stats["loss"], eval_stats["bits_x"], eval_stats["bits_y"],
-                                 eval_stats["pred_error"]]
+        # One encoding of the test batch serves evaluation and `encode`; the
+        # dequantisation noise is fed: draws fixed by each image's index
+        # (dequantization_noise) for evaluation, so both weightings and any
+        # re-evaluation see the same noise; the centre of each bin for
+        # `encode` (decoding it must give back the same integers).
+        self.noise_test = tf.placeholder(glow.dtype, self.x_test.get_shape(), name="noise_test")
+        eval_stats, enc = glow.stats(glow.preprocess(self.x_test) + self.noise_test, self.y_test, custom_getter=ema)
+        self.eval_per_example = [eval_stats[k] for k in STATS]
 
         self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
         self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
@@ -97,8 +110,8 @@ class Trainer(object):
         self.z_flat = tf.concat([tf.reshape(e, [n, -1]) for e in enc.eps], axis=1)
         self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y_test, custom_getter=ema))
 
-        self.sums_in = tf.placeholder(tf.float32, [None], name="sums")
-        self.sums_out = self.backend.allreduce_mean(self.sums_in) * float(self.backend.size())
+        self.gather_in = tf.placeholder(tf.float32, [None], name="gather_in")
+        self.gather_out = self.backend.allreduce_mean(self.gather_in) * float(self.backend.size())
 
         float_vars = [v for v in tf.global_variables() if v.dtype.base_dtype.is_floating]
         self.all_finite = tf.reduce_all(tf.stack(
@@ -116,7 +129,7 @@ class Trainer(object):
         self.best_saver = tf.train.Saver(saver_def=best_def, save_relative_paths=True)
 
     def _mean_stats(self, stats):
-        local = tf.stack([tf.reduce_mean(stats[k]) for k in ("loss", "bits_x", "bits_y", "pred_error")])
+        local = tf.stack([tf.reduce_mean(stats[k]) for k in STATS])
         return self.backend.allreduce_mean(local)
 
     # -- setup -----------------------------------------------------------------
@@ -168,7 +181,7 @@ class Trainer(object):
     # -- steps -------------------------------------------------------------------
 
     def train_step(self, x, y, lr, loss_scale=1.0):
-        """One step. Returns (applied, stats [loss, bits_x, bits_y, pred_error])."""
+        """One step. Returns (applied, the batch's mean STATS)."""
         _, applied, stats = self.sess.run([self.opt.train_op, self.opt.grads_finite, self.train_stats],
                                           {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale})
         return bool(applied), stats
@@ -176,37 +189,51 @@ class Trainer(object):
     def n_skipped(self):
         return int(self.sess.run(self.opt.n_skipped))
 
-    def eval_sums(self, batches, n_draws=1, bits_out=None):
-        """Sums over `batches` of the per-example stats with the Polyak
-        weights, averaged over n_draws dequantisation draws, added up over
-        ranks. Returns (sums [4], count). With a list `bits_out`, this rank's
-        per-example bits/dim are appended to it."""
-        sums = np.zeros(4)
-        count = 0
+    def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):
+        """Per-image STATS [4, n] of `batches` (in order; their first image
+        is test image `first_index`) with the `weights` ("raw" or "polyak"),
+        each the mean over n_draws dequantisation draws (the same draws for
+        both weightings: dequantization_noise)."""
+        use_polyak = _check_weights(weights)
+        out, index = [], first_index
         for x, y in batches:
-            feed = self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test)
-            per_example = np.zeros((4, len(x)))
-            for _ in range(n_draws):
+            per_example = np.zeros((len(STATS), len(x)))
+            for draw in range(n_draws):
+                noise = dequantization_noise(range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)
+                feed = self._padded({self.x_test: x, self.y_test: y, self.noise_test: noise},
+                                    self.cfg.local_batch_test)
+                feed[self.use_polyak] = use_polyak
                 per_example += np.array(self.sess.run(self.eval_per_example, feed))[:, :len(x)] / n_draws
-            sums += per_example.sum(axis=1)
-            count += len(x)
-            if bits_out is not None:
-                bits_out.extend(per_example[1].tolist())
-        totals = self.sess.run(self.sums_out, {self.sums_in: np.append(sums, count).astype(np.float32)})
-        return totals[:4], int(round(totals[4]))
+            out.append(per_example)
+            index += len(x)
+        return np.concatenate(out, axis=1) if out else np.zeros((len(STATS), 0))
 
-    def sample(self, y, temperatures):
+    def gather(self, local, start, n_total):
+        """Every rank's rows [k, n_r] of a [k, n_total] array, rank r's at
+        columns start_r.., joined on every rank (a summing allreduce of
+        arrays that are zero outside each rank's own columns)."""
+        full = np.zeros((local.shape[0], n_total), np.float32)
+        full[:, start:start + local.shape[1]] = local
+        if self.backend.size() == 1:
+            return full
+        return self.sess.run(self.gather_out, {self.gather_in: full.ravel()}).reshape(full.shape)
+
+    def sample(self, y, temperatures, weights="raw"):
         """Images for labels y [B] at per-image temperatures [B]; any B."""
         n = self.cfg.local_batch_train
-        out = [self.sess.run(self.samples, self._padded({self.y_sample: y[i:i + n],
-                                                          self.temperature: temperatures[i:i + n]}, n))
-               for i in range(0, len(y), n)]
+        use_polyak = _check_weights(weights)
+        out = []
+        for i in range(0, len(y), n):
+            feed = self._padded({self.y_sample: y[i:i + n], self.temperature: temperatures[i:i + n]}, n)
+            feed[self.use_polyak] = use_polyak
+            out.append(self.sess.run(self.samples, feed))
         return np.concatenate(out)[:len(y)]
 
-    def encode(self, x, y):
+    def encode(self, x, y, weights="raw"):
         """(z [B, D] flattened eps of every level, x decoded back from z)."""
-        feed = self._padded({self.x_test: x, self.y_test: y}, self.cfg.local_batch_test)
-        feed[self.dequantize_test] = False
+        centre = np.full(x.shape, 0.5 / self.glow.n_bins, self.glow.dtype.as_numpy_dtype)
+        feed = self._padded({self.x_test: x, self.y_test: y, self.noise_test: centre}, self.cfg.local_batch_test)
+        feed[self.use_polyak] = _check_weights(weights)
         z, x_back = self.sess.run([self.z_flat, self.x_decoded], feed)
         return z[:len(x)], x_back[:len(x)]
 
@@ -242,6 +269,14 @@ class Trainer(object):
         saver = self.best_saver if best else self.saver
         return saver.save(self.sess, os.path.join(folder, "model.ckpt"), global_step=step,
                           write_meta_graph=False)
+
+
+def dequantization_noise(indices, draw, image_shape, n_bins):
+    """Uniform noise in [0, 1/n_bins) [len(indices), *image_shape] for
+    evaluating test images `indices`: image i's draw `draw` comes from its
+    own random stream (i, draw), whatever batch or rank it is evaluated in."""
+    return np.stack([np.random.RandomState([int(i), int(draw)]).uniform(0, 1.0 / n_bins, image_shape)
+                     for i in indices]).astype(np.float32)
 
 
 def resolve_checkpoint(path):

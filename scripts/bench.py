@@ -526,8 +526,8 @@ def worker(spec):
     out["allocator_peak_mib"] = None if peak is None or spec["xla"] else round(peak / 2.0 ** 20, 1)
     out["xla_clusters"] = clusters
     if spec["eval_steps"]:
-        trainer.eval_sums([(x, y)])
-        seconds = timed(lambda: trainer.eval_sums([(x, y)]), spec["eval_steps"])
+        trainer.eval_per_image([(x, y)])
+        seconds = timed(lambda: trainer.eval_per_image([(x, y)]), spec["eval_steps"])
         out["eval_images_per_sec"] = round(batch * spec["eval_steps"] / seconds, 2)
     if spec["sample_steps"]:
         temperatures = np.full([batch], 0.7, np.float32)

@@ -10,7 +10,7 @@ with an N-rank one:
 --out DIR           after main() returns, write DIR/rank<R>.npz: every
                     global variable (weights, Polyak averages, optimizer
                     slots, run state; key "var/<name>") and `steps`, the per-step
-                    [loss, bits_x, bits_y, pred_error] that train_step
+                    [loss, bits_x, bits_y, pred_loss] that train_step
                     returned on this rank (the mean over all ranks).
 --centre_noise      dequantisation noise replaced by its mean, half a bin.
                     The noise is the one random draw inside the training

@@ -68,7 +68,7 @@ def test_objective_terms_and_bits():
     assert np.all(np.isfinite(split_terms)) and np.all(np.abs(split_terms) > 1.0)
     np.testing.assert_allclose(s["bits_x"], -s["objective"] / (np.log(2.0) * D), rtol=1e-12)
     np.testing.assert_allclose(s["loss"], s["bits_x"])
-    np.testing.assert_array_equal(s["pred_error"], 1.0)
+    np.testing.assert_array_equal(s["pred_loss"], 1.0)
 
 
 def test_untrained_bits_per_dim_is_near_uniform():
@@ -109,7 +109,7 @@ def test_ycond_learntop_round_trip_and_classifier():
             back_v, s = sess.run([back, stats])
     np.testing.assert_allclose(back_v, x0, atol=1e-9)
     np.testing.assert_allclose(s["loss"], s["bits_x"] + 0.5 * s["bits_y"])
-    assert np.all(s["bits_y"] > 0) and set(np.unique(s["pred_error"])) <= {0.0, 1.0}
+    assert np.all(s["bits_y"] > 0) and set(np.unique(s["pred_loss"])) <= {0.0, 1.0}
 
 
 def test_sampling_temperature_and_shared_weights():

@@ -48,8 +48,8 @@ def test_static_shapes_pad_short_batches():
     np.testing.assert_array_equal(x_back, x)
     images = tr.sample(np.zeros(6, np.int32), np.zeros(6, np.float32))
     assert images.shape == (6, 8, 8, 1)
-    sums, count = tr.eval_sums([(x, np.zeros(5, np.int32))])
-    assert count == 5 and np.isfinite(sums).all()
+    per_image = tr.eval_per_image([(x, np.zeros(5, np.int32))], weights="polyak")
+    assert per_image.shape == (4, 5) and np.isfinite(per_image).all()
 
 
 def test_loss_scale_dynamic_and_fixed():

@@ -265,7 +265,7 @@ def test_polyak_standalone_apply_and_seed():
             np.testing.assert_array_equal(sess.run(ema.average(w)), [5.0, 6.0])
 
 
-def test_ema_getter_reads_averages_in_an_eval_graph():
+def test_getter_reads_averages_or_weights_as_fed():
     def model():
         w = tf.get_variable("w", initializer=tf.constant([1.0, 2.0, 3.0]), use_resource=True)
         count = tf.get_variable("count", initializer=tf.constant(7.0), trainable=False,
@@ -278,7 +278,10 @@ def test_ema_getter_reads_averages_in_an_eval_graph():
         loss = tf.reduce_sum(tf.square(y))
         params = tf.trainable_variables()
         res = optim.make_train_op("adam", params, tf.gradients(loss, params), 0.1, 0.9, 0.9)
-        with tf.variable_scope("model", reuse=True, custom_getter=res.ema.ema_getter):
+        use_average = tf.placeholder(tf.bool, [])
+        with tf.variable_scope("model", reuse=True, custom_getter=res.ema.getter(use_average)):
+            y_either = model()
+        with tf.variable_scope("model", reuse=True, custom_getter=res.ema.getter(True)):
             y_ema = model()
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -286,8 +289,12 @@ def test_ema_getter_reads_averages_in_an_eval_graph():
             for _ in range(3):
                 sess.run(res.train_op)
             avg, w, got, got_train = sess.run([res.ema.average(params[0]), params[0], y_ema, y])
+            got_avg = sess.run(y_either, {use_average: True})
+            got_raw = sess.run(y_either, {use_average: False})
     np.testing.assert_allclose(got, 2.0 * avg + 7.0, rtol=1e-6)
     np.testing.assert_allclose(got_train, 2.0 * w + 7.0, rtol=1e-6)
+    np.testing.assert_array_equal(got_avg, got)
+    np.testing.assert_array_equal(got_raw, got_train)
     assert not np.allclose(got, got_train)
 
 

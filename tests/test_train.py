@@ -55,8 +55,16 @@ def test_training_lowers_test_bits_and_writes_everything(tmp_path):
     assert trains[-1]["n_skipped"] == 0
     first = utils.read_jsonl(os.path.join(logdir, "train.txt"))[0]
     assert first["problem"] == "fashion-mnist" and first["depth"] == 2 and first["train_its"] == 32
+    # Both test figures, raw (the paper's) first, with the raw median and worst images.
+    assert all(np.isfinite([t["bits_x"], t["bits_x_polyak"], t["median_bits_x"]]).all() for t in tests)
+    assert tests[-1]["n_images"] == 512 and len(tests[-1]["worst_images"]) == train.N_WORST
+    assert tests[-1]["worst_images"][0][1] >= tests[-1]["median_bits_x"]
+    # Samples of epochs 1 and 10 (also the last), drawn with the better weights of that epoch.
     samples = os.listdir(os.path.join(logdir, "samples"))
-    assert "epoch_0010_t0.70.png" in samples and len(samples) == 2 * 8  # epochs 1 and 10 (also the last)
+    assert len(samples) == 2 * 8
+    for epoch in (1, 10):
+        weights = train.better_weights(tests[epoch - 1])
+        assert "epoch_%04d_t0.70_%s.png" % (epoch, weights) in samples
     assert os.path.exists(os.path.join(logdir, "best", "checkpoint"))
 
 
@@ -218,12 +226,55 @@ def test_modes_inference_evaluate_sample(tmp_path):
     z = np.load(os.path.join(logdir, "z.npy"))
     x = np.load(os.path.join(logdir, "x.npy"))
     assert z.shape == (512, 32 * 32) and x.shape == (512, 32, 32, 1) and x.dtype == np.uint8
-    assert _run(tmp_path, "--evaluate", "--n_dequant_draws", "2")[0] == 0
+    assert _run(tmp_path, "--evaluate", "--n_dequant_draws", "2", "--per_image")[0] == 0
     evaluated = _records(logdir, "test.txt")[-1]
     assert evaluated["mode"] == "evaluate" and evaluated["n_images"] == 512
-    assert evaluated["median_bits_x"] <= evaluated["max_bits_x"] and 0 <= evaluated["argmax_bits_x"] < 512
-    assert _run(tmp_path, "--sample", "20", "--temperature", "0.5")[0] == 0
-    assert os.path.exists(os.path.join(logdir, "samples_t0.50.png"))
+    worst_index, worst_bits = evaluated["worst_images"][0]
+    assert evaluated["median_bits_x"] <= worst_bits and 0 <= worst_index < 512
+    # One CSV row per test image, in order, whose means are the logged figures.
+    rows = np.genfromtxt(os.path.join(logdir, "test_bits_per_image.csv"), delimiter=",", names=True)
+    assert list(rows["index"]) == list(range(512)) and set(rows["n_dequant_draws"]) == {2}
+    np.testing.assert_allclose(rows["bits_x"].mean(), evaluated["bits_x"], rtol=1e-5)
+    np.testing.assert_allclose(rows["bits_x_polyak"].mean(), evaluated["bits_x_polyak"], rtol=1e-5)
+    assert rows["bits_x"][worst_index] == pytest.approx(worst_bits, rel=1e-5)
+    assert _run(tmp_path, "--sample", "20", "--temperature", "0.5", "--weights", "polyak")[0] == 0
+    assert os.path.exists(os.path.join(logdir, "samples_t0.50_polyak.png"))
+
+
+def test_raw_and_polyak_evaluations_and_the_worst_image(tmp_path):
+    """The two weightings' test figures differ once training moved the
+    weights away from their average, and agree exactly (same noise) when
+    the average equals the weights; the per-image rows are in test-set
+    order (row i is image i evaluated alone); an image the model finds
+    very unlikely (here: one replaced by noise) is named worst."""
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "12", "--lr", "0.002")
+    assert status == 0
+    args = train.config.parse_args(TINY + ["--logdir", logdir, "--n_test", "64"])
+    run = _open_run(args)
+    try:
+        tr = run.trainer
+        tr.restore(os.path.join(logdir, "checkpoints"))
+        line, per_image = train.evaluate(run)
+        assert abs(line["bits_x"] - line["bits_x_polyak"]) > 1e-3
+        assert not np.allclose(per_image["raw"], per_image["polyak"])
+        # Row i of the whole evaluation is image i alone (its own noise stream).
+        x, y = next(iter(run.data.test_batches(64)))
+        for i in (0, 37, 63):
+            alone = tr.eval_per_image([(x[i:i + 1], y[i:i + 1])], first_index=i)
+            np.testing.assert_allclose(alone[:, 0], per_image["raw"][:, i], rtol=1e-4)
+        # A test image replaced by noise is the worst.
+        noisy = x.copy()
+        noisy[21] = np.random.RandomState(0).randint(0, 256, x[21].shape)
+        bits = tr.eval_per_image([(noisy, y)])
+        worst = train.test_line({"raw": bits, "polyak": bits})["worst_images"]
+        assert worst[0][0] == 21 and worst[0][1] > bits[1][np.arange(64) != 21].max(), worst
+        # The average set to the weights: both evaluations agree exactly.
+        tr.sess.run(tr.opt.ema.seed_op)
+        line, per_image = train.evaluate(run)
+        np.testing.assert_array_equal(per_image["raw"], per_image["polyak"])
+        assert line["bits_x"] == line["bits_x_polyak"]
+    finally:
+        run.close()
 
 
 def test_loop_steps_trains_and_its_checkpoint_restores_unrolled(tmp_path):
