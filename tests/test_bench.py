@@ -86,7 +86,12 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
         traced = r["traced_step"]
         assert abs(sum(traced["running_ops_share"].values()) - 1.0) < 0.01, traced
         assert 0 <= traced["conv_matmul_op_seconds"] <= traced["op_seconds"]
-        assert traced["span_seconds"] >= 0 and traced["conv_matmul_flops_per_op_second_vs_probe"] >= 0
+        assert traced["span_seconds"] >= 0
+        # The rate against the probe exists only where the convs' time was measurable.
+        if traced["conv_matmul_op_seconds"] > 0:
+            assert traced["conv_matmul_flops_per_op_second_vs_probe"] >= 0
+        else:
+            assert "conv_matmul_flops_per_op_second_vs_probe" not in traced
     assert 0 < inv["reconstruction_error"] < 1e-4
     summary = {row["mode"]: row for row in report["summary"]}
     assert summary["none"]["time_per_step_vs_none"] == 1.0
