@@ -348,6 +348,7 @@ def test_checkpoint_layouts_convert_both_ways(tmp_path):
     (["--flow_permutation", "7"], "flow_permutation '7'"),
     (["--n_levels", "6"], "image size 32 with --n_levels 6"),
     (["--lu", "--flow_permutation", "0"], "--lu with --flow_permutation reverse"),
+    (["--per_image"], "--per_image writes --evaluate's per-image figures: add --evaluate"),
 ])
 def test_bad_flags_are_clear_errors(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + TINY
