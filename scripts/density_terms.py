@@ -251,9 +251,9 @@ def main(argv=None):
         raise ValueError("%s/checkpoints: no checkpoint; give --checkpoint PREFIX" % args.logdir)
     x, y = load_test_images(cfg, args.images, args.problem, args.data_dir)
     noise = None
-    if args.noise == "eval":  # the same formula as trainer.dequantization_noise, written out
-        noise = np.stack([np.random.RandomState([i, 0]).uniform(0.0, 2.0 ** -cfg["n_bits_x"], x.shape[1:])
-                          .astype(np.float32) for i in args.images])
+    if args.noise == "eval":  # draw 0 of the evaluation's noise; only the model's math is written again here
+        import trainer  # on sys.path since load_test_images
+        noise = trainer.dequantization_noise(args.images, 0, x.shape[1:], 2.0 ** cfg["n_bits_x"])
     out = density_terms(load_checkpoint(prefix), cfg, x, y, noise, args.weights)
     rows = [("bits_x", out["bits_x"]), ("objective (nats)", out["objective"])]
     rows += [("  " + k, v) for k, v in out["terms"].items()] + [("extra: " + k, v) for k, v in out["extras"].items()]
