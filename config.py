@@ -4,12 +4,16 @@ The flags are openai/glow's, with their names and defaults, so the paper's
 commands run as written (argparse accepts unique prefixes: `--n_level 3`).
 Words are accepted where openai/glow took integer codes. `derive_config`
 validates the flags against the data and the number of ranks and derives
-everything else once (batch sizes, iterations per epoch, beta2); after it the
-config is a frozen namespace and nothing changes it.
+everything else once (batch sizes, iterations per epoch, beta2) into one
+read-only `Config`; `from_flags` builds one from code. A run's config is
+saved in its checkpoints (checkpoints.py): `adopt_run` takes a run's model
+flags from it, so modes and --resume need none, and refuses a given model
+flag that contradicts it.
 """
 import argparse
 import math
-import types
+
+import kernels
 
 PERMUTATION_CODES = {"0": "reverse", "1": "shuffle", "2": "invconv", "3": "invconv_lu"}
 COUPLING_CODES = {"0": "additive", "1": "affine"}
@@ -35,11 +39,18 @@ def _coded(codes, what):
     return parse
 
 
-def build_parser():
+def build_parser(defaults=True):
+    """The flag table. defaults=False: no flag has a default, so parsing
+    gives only the flags given (`given_flags`)."""
     p = argparse.ArgumentParser(
         description="Train Glow (Kingma & Dhariwal 2018) with TF1 graph code on CPU, GPU or Ascend NPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
+
+    def a(*names, **kwargs):
+        if not defaults:
+            kwargs["default"] = argparse.SUPPRESS
+        p.add_argument(*names, **kwargs)
+
     # --- openai/glow's flags, names and defaults ---
     a("--verbose", action="store_true", help="print every training step")
     a("--restore_path", default="", help="checkpoint (prefix or folder) to start from instead of the init")
@@ -51,8 +62,8 @@ def build_parser():
       help="data augmentation level: 0 none, 1 random shifts, 2 shifts, flips, rotation, zoom, shear (openai/glow's). "
            "Shifts are sub-pixel and resampled bilinearly, which blurs the training images: with 1 or 2 the training "
            "bits/dim is not comparable with the test's (docs/RESULTS.md)")
-    a("--fmap", type=int, default=1, help="parallel file readers (TFRecord problems)")
-    a("--pmap", type=int, default=16, help="parallel map threads (TFRecord problems)")
+    a("--fmap", type=int, default=1, help="(openai/glow's, accepted and ignored: files are read by one thread)")
+    a("--pmap", type=int, default=16, help="(openai/glow's, accepted and ignored: decoding is not parallelised)")
     a("--n_train", type=int, default=50000,
       help="epoch size, in images at --anchor_size: an epoch is ceil(n_train / (n_batch_train x ranks)) steps, "
            "drawn from the whole training set (see --train_subset); it sets the warm-up, beta2 and the "
@@ -79,7 +90,7 @@ def build_parser():
     a("--weight_y", type=float, default=0.0, help="weight of the class loss (with --ycond)")
     a("--n_bits_x", type=int, default=8, help="bits per colour channel")
     a("--n_levels", type=int, default=3, help="levels of the multi-scale architecture")
-    a("--n_sample", type=int, default=1, help="(openai/glow, unused) sampling minibatch")
+    a("--n_sample", type=int, default=1, help="(openai/glow's, accepted and ignored: see --sample)")
     a("--epochs_full_sample", type=int, default=50, help="epochs between sample grids")
     a("--learntop", action="store_true", help="learn the top prior")
     a("--ycond", action="store_true", help="class-conditional prior")
@@ -97,6 +108,9 @@ def build_parser():
     a("--backend", default="auto", choices=["auto", "none", "horovod", "hccl"], help="how ranks talk")
     a("--precision_mode", default="allow_fp32_to_fp16", help="Ascend precision mode (--device npu)")
     a("--xla", action="store_true", help="XLA JIT (CPU/GPU)")
+    a("--kernels", default="auto", choices=["auto", "plain", "cpu"],
+      help="how the coupling networks' convolutions are computed (kernels.py): plain tf.nn.conv2d, or CPU-tuned "
+           "matmuls (same function); auto: cpu on --device cpu, plain elsewhere")
     a("--loop_steps", action="store_true",
       help="run each level's flow steps as a tf.while_loop over variables stacked over the steps: the graph, "
            "and the memory it takes, stop growing with --depth (checkpoints restore either way)")
@@ -132,6 +146,7 @@ def parse_args(argv=None):
     if unknown and not (args.data_url or args.train_url):
         parser.error("unrecognized arguments: %s" % " ".join(unknown))
     args.unknown_args = unknown
+    args.given = sorted(vars(build_parser(defaults=False).parse_known_args(argv)[0]))
     return args
 
 
@@ -193,21 +208,134 @@ def check_args(args):
         bad("--sample and --max_steps must be >= 0")
 
 
+class Config(object):
+    """A run's settings: every flag and what `derive_config` derived, read
+    as attributes; read-only once built (a changed copy: `replace`)."""
+
+    def __init__(self, fields):
+        object.__setattr__(self, "_fields", dict(fields))
+
+    def __getattr__(self, name):
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise AttributeError("config has no field %r" % name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("config is read-only: cannot set %s (derive_config sets everything once)" % name)
+
+    def as_dict(self):
+        return dict(self._fields)
+
+    def replace(self, **changes):
+        return Config(dict(self._fields, **changes))
+
+
+# The flags that define the model, each with the saved config's field that
+# holds its effect (a run folder's config: checkpoints.saved_config).
+MODEL_FLAGS = (("n_levels", "n_levels"), ("depth", "depth"), ("width", "width"),
+               ("flow_permutation", "permutation"), ("flow_coupling", "coupling"), ("n_bits_x", "n_bits_x"),
+               ("learntop", "learntop"), ("ycond", "ycond"), ("weight_y", "weight_y"),
+               ("image_size", "image_size"), ("n_channels", "n_channels"))
+
+
+def adopt_run(args, saved, source):
+    """args with the model flags (and the problem, unless given) of a run's
+    saved config, for --resume, --restore_path and the modes: they rebuild
+    the model with no model flag. A model flag given that contradicts the
+    run is a ValueError naming both values; with --resume the run's other
+    training flags are its own too, unless given. `source` names the run."""
+    given = set(args.given)
+    values = dict(vars(args))
+    for flag, field in MODEL_FLAGS:
+        ours = "invconv_lu" if flag == "flow_permutation" and args.lu else getattr(args, flag)
+        if flag in given or (flag == "flow_permutation" and "lu" in given):
+            if ours != saved.get(field) and not (flag == "image_size" and ours == -1):
+                raise ValueError("--%s %s contradicts the run's --%s %s (%s); drop the flag"
+                                 % (flag, ours, flag, saved.get(field), source))
+        values[flag] = saved.get(field, values[flag])
+    values["lu"] = False
+    adopted = ["problem", "category"] + (sorted(set(vars(args)) - _NOT_ADOPTED_ON_RESUME) if args.resume else [])
+    for flag in adopted:
+        if flag not in given and flag in saved:
+            values[flag] = saved[flag]
+    return argparse.Namespace(**values)
+
+
+_NOT_ADOPTED_ON_RESUME = {
+    "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
+    "precision_mode", "tensorboard", "verbose", "max_steps", "epochs", "evaluate", "sample", "inference",
+    "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
+
+
+def from_flags(image_shape, n_y, n_train, n_test, n_ranks=1, **flags):
+    """A Config from code: the flags' defaults with `flags` (by name, values
+    as Python objects or as on the command line) and the data's facts."""
+    parser = build_parser()
+    args = parser.parse_args([])
+    by_dest = dict((action.dest, action) for action in parser._actions)
+    for name, value in flags.items():
+        if name not in by_dest or name == "help":
+            raise ValueError("from_flags: no flag --%s" % name)
+        if isinstance(value, str) and by_dest[name].type is not None:
+            value = by_dest[name].type(value)
+        setattr(args, name, value)
+    args.unknown_args, args.given = [], sorted(flags)
+    return derive_config(args, image_shape, n_y, n_train, n_test, n_ranks)
+
+
 def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
-    """One validated config from the flags, the data's facts (n_train and
-    n_test: the images in its splits) and the ranks.
+    """One validated, read-only Config from the flags, the data's facts
+    (n_train and n_test: the images in its splits) and the ranks.
 
     An epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks))
     steps, whatever the training set's size (the data is streamed across
     epochs); progress (n_processed, for the warm-up) counts images at
-    --anchor_size, as openai/glow did.
-
-    Batch sizes follow openai/glow: given at --anchor_size, scaled by the
-    pixel count so that memory per step stays about the same at other image
-    sizes. Unlike openai/glow (a lookup table that fails with KeyError), any
-    size that leaves at least one image per batch works."""
+    --anchor_size, as openai/glow did."""
     check_args(args)
     image_size = image_shape[0]
+    if image_size % 2 ** args.n_levels:
+        raise ValueError("image size %d with --n_levels %d: must be divisible by %d"
+                         % (image_size, args.n_levels, 2 ** args.n_levels))
+    if args.ycond and n_y < 2:
+        raise ValueError("--ycond on --problem %s: it has no class labels (n_y = %d)" % (args.problem, n_y))
+    cfg = dict(vars(args))
+    cfg["ignored_args"] = cfg.pop("unknown_args", None) or []
+    cfg.update(_batch_sizes(args, image_size, n_train, n_ranks))
+    train_its = -(-args.n_train // (args.n_batch_train * n_ranks))
+    if train_its * args.polyak_epochs <= 1:
+        raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
+                         "more than one step to average over; use more data or a larger --polyak_epochs"
+                         % (train_its, args.polyak_epochs))
+    cfg.update(
+        image_size=image_size,
+        image_shape=list(image_shape),
+        n_y=n_y,
+        n_train_images=n_train,
+        n_test=n_test,
+        n_ranks=n_ranks,
+        # Plain 1x1 convs need float64 determinants and inverses, which the
+        # NPU's compute cores do not run: on the NPU the LU form is used.
+        permutation="invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv")
+        else args.flow_permutation,
+        coupling=args.flow_coupling,
+        kernels=kernels.for_device(args.device, args.kernels),
+        train_its=train_its,
+        # openai/glow: beta2 (Adam's second moment and the Polyak average)
+        # averages over polyak_epochs epochs.
+        beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
+        # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
+        anchor_images_per_step=args.n_batch_train * n_ranks,
+    )
+    return Config(cfg)
+
+
+def _batch_sizes(args, image_size, n_train, n_ranks):
+    """Per-rank batch sizes. As openai/glow's, they are given at
+    --anchor_size and scaled by the pixel count, so that memory per step
+    stays about the same at other image sizes; unlike openai/glow's lookup
+    table (a KeyError elsewhere), any size that leaves one image per batch
+    works."""
     scale = float(args.anchor_size ** 2) / (image_size * image_size)
 
     def scaled(n, name):
@@ -217,11 +345,6 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
                              % (name, n, args.anchor_size, image_size, image_size))
         return value
 
-    if image_size % 2 ** args.n_levels:
-        raise ValueError("image size %d with --n_levels %d: must be divisible by %d"
-                         % (image_size, args.n_levels, 2 ** args.n_levels))
-    if args.ycond and n_y < 2:
-        raise ValueError("--ycond on --problem %s: it has no class labels (n_y = %d)" % (args.problem, n_y))
     local_batch_train = scaled(args.n_batch_train, "n_batch_train")
     per_rank = n_train // n_ranks
     if per_rank < local_batch_train:
@@ -229,68 +352,14 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
                          "(--n_batch_train %d at --anchor_size %d, for %d px images)"
                          % (n_train, n_ranks, per_rank, local_batch_train, args.n_batch_train, args.anchor_size,
                             image_size))
-    train_its = -(-args.n_train // (args.n_batch_train * n_ranks))
-    if train_its * args.polyak_epochs <= 1:
-        raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
-                         "more than one step to average over; use more data or a larger --polyak_epochs"
-                         % (train_its, args.polyak_epochs))
-    cfg = dict(vars(args))
-    cfg["ignored_args"] = cfg.pop("unknown_args", None) or []
-    # Plain 1x1 convs need float64 determinants and inverses, which the NPU's
-    # compute cores do not run: on the NPU the LU form is used (README).
-    permutation = "invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv") \
-        else args.flow_permutation
-    cfg.update(
-        image_size=image_size,
-        image_shape=list(image_shape),
-        n_y=n_y,
-        n_train_images=n_train,
-        n_test=n_test,
-        n_ranks=n_ranks,
-        permutation=permutation,
-        coupling=args.flow_coupling,
+    return dict(
         local_batch_train=local_batch_train,
         # At least one image: the test batch changes no result (openai/glow
         # ignored --n_batch_test and took 1 at 256 px, so the paper's CelebA
         # command leaves 50 x 32^2/256^2 < 1 here).
         local_batch_test=max(1, int(args.n_batch_test * scale)),
         local_batch_init=scaled(args.n_batch_init, "n_batch_init"),
-        train_its=train_its,
-        # openai/glow: beta2 (Adam's second moment and the Polyak average)
-        # averages over polyak_epochs epochs.
-        beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
-        images_per_step=local_batch_train * n_ranks,
-        # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
-        anchor_images_per_step=args.n_batch_train * n_ranks,
-    )
-    return types.SimpleNamespace(**cfg)
-
-
-class LossScale(object):
-    """--loss_scale: fixed, or dynamic (start at 2**15, halve on a non-finite
-    step, double after 2000 finite ones), as mixed-precision training does."""
-
-    def __init__(self, setting, period=2000):
-        self.dynamic = setting == "dynamic"
-        self.value = 2.0 ** 15 if self.dynamic else float(setting)
-        self.period = period
-        self._good = 0
-
-    def update(self, applied):
-        """After a step. Returns True when a skipped step is explained by the
-        scale (it was lowered), so it should not count as a failure."""
-        if not self.dynamic:
-            return False
-        if applied:
-            self._good += 1
-            if self._good % self.period == 0:
-                self.value *= 2.0
-            return False
-        self._good = 0
-        if self.value > 1.0:
-            self.value /= 2.0
-            return True
-        return False
+        images_per_step=local_batch_train * n_ranks)
 
 
 def lr_at(cfg, n_processed):

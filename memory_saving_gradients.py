@@ -14,8 +14,9 @@ width-512 hidden layers of 96 coupling networks. Two ways to keep less:
     the step from the rebuilt input as above. The flow's activation memory no
     longer grows with depth. The rebuilt inputs differ from the forward ones
     by float rounding (`reconstruction_error` measures it), so gradients
-    match plain ones to float tolerance, not bit for bit. A step given as a
-    `CouplingStep` (Glow's are) costs what 'recompute' costs: its coupling
+    match plain ones to float tolerance, not bit for bit. A step tagged with
+    its coupling's parts (`is_coupling_step`; model.FlowStep is) costs what
+    'recompute' costs: its coupling
     network's input passes through the step unchanged, so the one evaluation
     that rebuilds the input also serves the gradient; any other step is
     inverted, then recomputed (one more evaluation).
@@ -33,13 +34,12 @@ reuse=True: same variables (the model's scope makes resource variables, which
 `tf.custom_gradient` requires), and a custom getter collects the values it
 reads so that the variables' gradients come from the recomputed copy alone.
 
-`looped_flow` does the same for a level whose steps run as one
-tf.while_loop (`Glow(loop_steps=True)`): the backward pass is a second loop
-over the same per-step code (`_step_backward`). Its data-dependent init pass
-is a loop too (`_looped_ddi`).
+looped.py does the same for a level whose steps run as one tf.while_loop
+(--loop_steps): its backward pass is a second loop over `step_backward`.
 
-The graph must be built for the mode (`Glow.losses(..., checkpointing=mode)`)
-and `gradients(loss, params, mode)` checks that it was: a mismatch would
+The graph must be built for the mode (a Glow whose run_steps is
+`unrolled(mode)` or looped.runner(mode), its losses built with
+for_gradients=True) and `gradients(loss, params, mode)` checks that it was: a mismatch would
 silently keep all activations, or wrap steps that nobody asked to wrap.
 Data-dependent init and the evaluation/sampling graphs are never wrapped.
 """
@@ -47,21 +47,18 @@ import collections
 
 import tensorflow.compat.v1 as tf
 
-import tfops
 
 MODES = ("none", "recompute", "invertible")
-_COLLECTION = "memory_saving_gradients_flows"
+COLLECTION = "memory_saving_gradients_flows"
 
 
-def effective_mode(mode):
-    """The mode that `gradients` uses for a requested one (all are implemented;
-    kept for train.py, which records it in the run's config line)."""
+def check_mode(mode):
     if mode not in MODES:
         raise ValueError("gradient checkpointing mode %r: expected one of %s" % (mode, ", ".join(MODES)))
     return mode
 
 
-class _Flow(object):
+class FlowRecord(object):
     """What `flow` built, for `gradients` and the diagnostics: the mode, the
     op of the custom gradient (the IdentityN the outputs come from), the
     forward ops, each step's forward input and, once the backward pass is
@@ -75,35 +72,30 @@ class _Flow(object):
         self.forward_ops = []
         self.step_inputs = []
         self.backward_inputs = {}
-        self.looped_inputs = None  # looped_flow: a function building both stacks of inputs
-        self.stacks = None  # looped_flow: the variables' stacks the loops index
+        self.looped_inputs = None  # looped.py: a function building both stacks of inputs
 
 
-class CouplingStep(object):
-    """A flow step that ends with a coupling: z -> prefix -> [z1, z2] ->
-    [z1, couple(nn(z1), z2)], callable as step(z, logdet, reverse) like any
-    step of `flow`.
+def unrolled(mode):
+    """A level runner for model.Glow(run_steps=...): unrolled steps whose
+    gradient, in the graph built with for_gradients=True, is `mode`'s."""
+    check_mode(mode)
 
-    prefix(z, logdet, reverse) -> (z, logdet): the step's invertible ops
-    before the coupling (Glow: actnorm, permutation); nn(z1) -> h: the
-    coupling's network; couple(h, z2, logdet, reverse) -> (z2, logdet): its
-    transform of the second half. Each builds its ops and gets its variables
-    under the current variable scope. 'invertible' backprop uses the parts:
-    nn(z1) is evaluated once per step in the backward pass, on the step's own
-    output z1, for both the inverse and the gradient."""
-
-    def __init__(self, prefix, nn, couple):
-        self.prefix = prefix
-        self.nn = nn
-        self.couple = couple
-
-    def __call__(self, z, logdet, reverse=False):
-        if not reverse:
-            z, logdet = self.prefix(z, logdet, False)
-        z, logdet = tfops.apply_coupling(self.nn, self.couple, z, logdet, reverse)
-        if reverse:
-            z, logdet = self.prefix(z, logdet, True)
+    def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+        steps = [make_step(str(i)) for i in range(depth)]
+        if for_gradients and not reverse:
+            return flow(steps, z, logdet, mode)
+        for step in (reversed(steps) if reverse else steps):
+            z, logdet = step(z, logdet, reverse)
         return z, logdet
+
+    return run_steps
+
+
+def is_coupling_step(step):
+    """Whether `step` is tagged with its coupling's parts (model.FlowStep):
+    prefix(z, logdet, reverse), nn(z1) -> h, couple(h, z2, logdet, reverse);
+    step(z, logdet) = [z1, couple(nn(z1), z2)] of prefix's output."""
+    return all(callable(getattr(step, part, None)) for part in ("prefix", "nn", "couple"))
 
 
 def flow(steps, z, logdet, mode="none"):
@@ -113,7 +105,7 @@ def flow(steps, z, logdet, mode="none"):
     its ops and getting its variables under the current variable scope (as
     `Glow._flow_step` does); with mode 'invertible', step(..., reverse=True)
     must invert step(..., reverse=False). z: [B, H, W, C]; logdet: [B]."""
-    effective_mode(mode)
+    check_mode(mode)
     if mode == "none":
         for step in steps:
             z, logdet = step(z, logdet, False)
@@ -121,7 +113,7 @@ def flow(steps, z, logdet, mode="none"):
 
     graph = tf.get_default_graph()
     scope = tf.get_variable_scope()
-    record = _Flow(mode, scope.name)
+    record = FlowRecord(mode, scope.name)
     n_ops_before = len(graph.get_operations())
 
     @tf.custom_gradient
@@ -141,215 +133,8 @@ def flow(steps, z, logdet, mode="none"):
     record.forward_ops = [op for op in ops[n_ops_before:] if op is not z.op]
     record.op = z.op
     assert z.op.type == "IdentityN" and logdet.op is z.op, "tf.custom_gradient changed: expected one IdentityN"
-    tf.add_to_collection(_COLLECTION, record)
+    tf.add_to_collection(COLLECTION, record)
     return z, logdet
-
-
-STEP_SCOPE = "step"
-
-
-class _StackedGetter(object):
-    """Custom getter for the body of `looped_flow`: the step's variable
-    `<scope>/step/<name>` is step i's, row i of stacks[name] (that variable
-    stacked over the steps, [depth, ...])."""
-
-    def __init__(self, prefix, stacks, i):
-        self.prefix = prefix
-        self.stacks = stacks
-        self.i = i
-
-    def __call__(self, getter, name, *args, **kwargs):
-        key = name[len(self.prefix):] if name.startswith(self.prefix) else None
-        if key not in self.stacks:
-            raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
-                             % (name, ", ".join(sorted(self.stacks)), self.prefix))
-        return tf.gather(self.stacks[key], self.i)
-
-
-def _loop(n, body, loop_vars, backwards=False, back_prop=True):
-    """for i in range(n) (or reversed): loop_vars = body(i, *loop_vars), as
-    one tf.while_loop; returns the final loop_vars. One iteration at a time:
-    iterations overlapping would hold several steps' internals at once."""
-    def cond(i, *_):
-        return i >= 0 if backwards else i < n
-
-    def advance(i, *values):
-        return [i - 1 if backwards else i + 1] + list(body(i, *values))
-
-    start = tf.constant(n - 1 if backwards else 0)
-    return tf.while_loop(cond, advance, [start] + list(loop_vars), back_prop=back_prop, parallel_iterations=1)[1:]
-
-
-def looped_flow(step, params, constants, z, logdet, depth, mode="none", reverse=False, ddi_init=False):
-    """`depth` flow steps as one tf.while_loop over a single copy of the step:
-    z, logdet -> z, logdet, with the gradient of `mode` (reverse: the steps'
-    inverses, last to first; mode 'none' only).
-
-    The graph then holds one step's ops per level instead of `depth` copies,
-    and in TF graph mode memory follows the ops (docs/BENCHMARKS.md). Each
-    variable of the steps is one variable stacked over them, so the
-    optimizer, the averages and the saver do not grow with depth either:
-    step(z, logdet, reverse) builds its ops and gets its variables under
-    variable scope `STEP_SCOPE` in the current one, and iteration i reads
-    each variable `STEP_SCOPE/<name>` as row i of params[name] (the
-    trainable float variables, differentiated) or constants[name] (the
-    others): [depth, ...] resource variables, or tensors of their values.
-
-    'none' differentiates through the loop (TF keeps every iteration's
-    activations); 'recompute' keeps each step's input in a TensorArray and
-    'invertible' only the level's output, and the backward pass is a second
-    loop, last step to first, that recomputes (or rebuilds, then recomputes)
-    each step and writes its variables' gradients to TensorArrays, as `flow`
-    does step by step.
-
-    ddi_init: the data-dependent init pass (paper 3.1; built inside
-    tfops' arg_scope init=True), forward, mode 'none': see _looped_ddi."""
-    effective_mode(mode)
-    if reverse and mode != "none":
-        raise ValueError("looped_flow: reverse=True is inference only; got mode %r" % mode)
-    if ddi_init and (reverse or mode != "none"):
-        raise ValueError("looped_flow: ddi_init is a forward pass without gradient; got mode %r, reverse %r"
-                         % (mode, reverse))
-    variables = dict(params, **constants)
-    for name, v in variables.items():
-        if v.get_shape().ndims is None or tf.dimension_value(v.get_shape()[0]) != depth:
-            raise ValueError("looped_flow: variable %s has shape %s, expected [depth %d, ...]"
-                             % (name, v.get_shape(), depth))
-    scope = tf.get_variable_scope()
-    prefix = scope.name + "/" + STEP_SCOPE + "/"
-    names = sorted(params)
-    like = {name: (v.dtype.base_dtype, v.get_shape()[1:]) for name, v in variables.items()}
-    # The loops gather each step's rows from one read per variable: an alias
-    # of its buffer, not a copy. (Gathering rows by the variable's handle,
-    # ResourceGather, measured the same peak; this is the simpler graph.)
-    fixed = {name: tf.convert_to_tensor(v) for name, v in constants.items()}
-
-    def in_step(i, stacks):
-        """The variable scope in which the step's variables are step i's."""
-        getter = _StackedGetter(prefix, dict(stacks, **fixed), i)
-        return tf.variable_scope(scope, reuse=True, custom_getter=getter, auxiliary_name_scope=False)
-
-    def forward(z, logdet, stacks, back_prop, kept=None, backwards=False):
-        """The steps from z (last to first for backwards, inverted); kept: a
-        TensorArray that gets each step's input."""
-        def body(i, z, logdet, *kept):
-            kept = [ta.write(i, z) for ta in kept]
-            with in_step(i, stacks):
-                z, logdet = step(z, logdet, backwards)
-            return [z, logdet] + kept
-
-        out = _loop(depth, body, [z, logdet] + ([kept] if kept is not None else []), backwards, back_prop)
-        return out if kept is not None else out + [None]
-
-    if ddi_init:
-        stacks = {name: tf.convert_to_tensor(params[name]) for name in names}
-        return _looped_ddi(step, variables, prefix, lambda i: in_step(i, stacks), z, logdet, depth)
-
-    if mode == "none":
-        # Forward: differentiable, each iteration's gather gives its row of
-        # the variable's gradient. Reverse (decoding) is never differentiated.
-        stacks = {name: tf.convert_to_tensor(params[name]) for name in names}
-        return tuple(forward(z, logdet, stacks, True, backwards=reverse)[:2])
-
-    record = _Flow(mode, scope.name)
-    z_in = z
-    # The custom gradient's inputs are the variables' reads, so that the
-    # gradients it returns reach the variables; the loops index them.
-    reads = [tf.convert_to_tensor(params[name]) for name in names]
-
-    @tf.custom_gradient
-    def checkpointed(z, logdet, *reads):
-        # The variables' gradients are the stacks of the TensorArrays the
-        # backward loop writes.
-        stacks = dict(zip(names, reads))
-        inputs = tf.TensorArray(z.dtype, size=depth, element_shape=z.get_shape()) if mode == "recompute" else None
-        z_out, logdet, inputs = forward(z, logdet, stacks, False, inputs)
-
-        def grad_fn(dz, dlogdet, variables=None):
-            # TF 2.x lists the variables behind the stacked handles; their
-            # gradients go to `reads` instead.
-            wanted = set(prefix + name for name in names)
-
-            def body(i, z_next, dz, *grad_arrays):
-                kept = inputs.read(i) if mode == "recompute" else None
-                with in_step(i, stacks) as step_scope:
-                    z_next, dz, grads = _step_backward(step, step_scope, mode, kept, z_next, dz, dlogdet, wanted)
-                written = []
-                for name, ta in zip(names, grad_arrays):
-                    g = _sum(grads.get(prefix + name))
-                    if g is None:
-                        g = tf.zeros(like[name][1], like[name][0])
-                    written.append(ta.write(i, g))
-                return [z_next, dz] + written
-
-            grad_arrays = [tf.TensorArray(like[name][0], size=depth, element_shape=like[name][1]) for name in names]
-            out = _loop(depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
-            # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-            grads = [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
-            return (grads, [None] * len(variables)) if variables else grads
-
-        record.stacks = stacks
-        return (z_out, logdet), grad_fn
-
-    z, logdet = checkpointed(z, logdet, *reads)
-    record.op = z.op
-    assert z.op.type == "IdentityN" and logdet.op is z.op, "tf.custom_gradient changed: expected one IdentityN"
-
-    def inputs_both_ways():
-        """[depth, ...] stacks of each step's input from the forward pass, and
-        as the backward pass has it (the same tensors for 'recompute'; the
-        steps' inverses from the level's output for 'invertible')."""
-        def arrays():
-            return tf.TensorArray(z_in.dtype, size=depth, element_shape=z_in.get_shape())
-
-        forward_inputs = forward(z_in, logdet, record.stacks, False, arrays())[2].stack()
-        if mode == "recompute":
-            return forward_inputs, forward_inputs
-        rebuilt = forward(record.op.inputs[0], logdet, record.stacks, False, arrays(), backwards=True)
-        # Written before each inverse: row i is step i's output, step i+1's
-        # input; step 0's input is what the last inverse returns.
-        outputs = rebuilt[2].stack()
-        return forward_inputs, tf.concat([rebuilt[0][None], outputs[:-1]], axis=0)
-
-    record.looped_inputs = inputs_both_ways
-    tf.add_to_collection(_COLLECTION, record)
-    return z, logdet
-
-
-def _looped_ddi(step, variables, prefix, in_step, z, logdet, depth):
-    """The data-dependent init of looped steps. An iteration has no variable
-    of its own to assign, so tfops.get_variable_ddi records each statistic
-    it computes (and the step goes on with it, as an unrolled init pass
-    does); each step's statistics leave the loop as one flat row of a
-    TensorArray and are assigned to that step's variables after the loop,
-    before z and logdet are returned."""
-    recorded = []
-
-    def body(i, z, logdet, rows):
-        record = []
-        with in_step(i), tfops.arg_scope([tfops.get_variable_ddi], record=record):
-            z, logdet = step(z, logdet, False)
-        if not record:
-            raise ValueError("looped flow: its step computes no data-dependent initial value")
-        recorded[:] = record
-        row = tf.concat([tf.reshape(tf.cast(value, z.dtype), [-1]) for _, value in record], axis=0)
-        return z, logdet, rows.write(i, row)
-
-    z, logdet, rows = _loop(depth, body, [z, logdet, tf.TensorArray(z.dtype, size=depth)], back_prop=False)
-    rows = rows.stack()  # [depth, the statistics' total size]
-    assigns, offset = [], 0
-    for name, value in recorded:
-        key = name[len(prefix):] if name.startswith(prefix) else None
-        if key not in variables:
-            raise ValueError("looped flow: data-dependent init of %r, which is not a variable of the step under %s"
-                             % (name, prefix))
-        shape = value.get_shape()
-        size = shape.num_elements()
-        stacked = tf.reshape(rows[:, offset:offset + size], [depth] + shape.as_list())
-        assigns.append(variables[key].assign(tf.cast(stacked, value.dtype)))
-        offset += size
-    with tf.control_dependencies(assigns):
-        return tf.identity(z), tf.identity(logdet)
 
 
 class _ReadCollector(object):
@@ -435,14 +220,14 @@ def _rebuild_coupling_step(step, scope, z_out, dz, dlogdet, wanted):
     return z_in, prefix_grads[0], by_name
 
 
-def _step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted):
+def step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted):
     """The backward pass through one step: returns (its input as the backward
     pass has it, d input, {variable op name: [gradient, ...]}).
 
     z_kept: the step's input kept by the forward pass ('recompute'); z_next:
     its output, from which 'invertible' rebuilds the input. `scope` is the
     variable scope whose variables the step reads."""
-    if mode == "invertible" and isinstance(step, CouplingStep):
+    if mode == "invertible" and is_coupling_step(step):
         return _rebuild_coupling_step(step, scope, z_next, dz, dlogdet, wanted)
     # The control dependency holds this step's recomputation (and, for
     # 'invertible', its inverse) back until the gradient of its output exists:
@@ -459,7 +244,7 @@ def _step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted):
     return z_in, dz, grads
 
 
-def _sum(grads):
+def sum_gradients(grads):
     """One tensor for a list of gradients of one variable (None for none)."""
     return None if not grads else grads[0] if len(grads) == 1 else tf.add_n(grads)
 
@@ -473,17 +258,17 @@ def _backward(steps, scope, record, z_out, dz, dlogdet, variables):
     z_next = z_out
     for i in reversed(range(len(steps))):
         kept = record.step_inputs[i] if record.mode == "recompute" else None
-        z_next, dz, grads = _step_backward(steps[i], scope, record.mode, kept, z_next, dz, dlogdet, wanted)
+        z_next, dz, grads = step_backward(steps[i], scope, record.mode, kept, z_next, dz, dlogdet, wanted)
         record.backward_inputs[i] = z_next
         for name, g in grads.items():
             var_grads[name].extend(g)
     # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-    return (dz, dlogdet), [_sum(var_grads.get(v.op.name)) for v in variables]
+    return (dz, dlogdet), [sum_gradients(var_grads.get(v.op.name)) for v in variables]
 
 
 def _flows_under(tensor):
     """The checkpointed flows that `tensor` depends on."""
-    records = {r.op.name: r for r in tf.get_collection(_COLLECTION) if r.op.graph is tensor.graph}
+    records = {r.op.name: r for r in tf.get_collection(COLLECTION) if r.op.graph is tensor.graph}
     if not records:
         return []
     seen = set()
@@ -508,7 +293,7 @@ def gradients(loss, params, mode="none"):
     checkpointing=mode)`); the gradients themselves come from the custom
     gradients that graph holds, so this is tf.gradients after that check
     (dense tensors: see below)."""
-    effective_mode(mode)
+    check_mode(mode)
     built = sorted(set(r.mode for r in _flows_under(loss)))
     if mode == "none" and built:
         raise ValueError("gradients(mode='none') of a loss whose flow was built with checkpointing %s: "

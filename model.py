@@ -13,12 +13,11 @@ evaluation graph read other values for the same variables (the Polyak
 averages), without swapping weights in and out.
 """
 import collections
-import re
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import memory_saving_gradients
+import kernels as kernels_lib
 import tfops
 
 Encoding = collections.namedtuple("Encoding", ["z", "logdet", "objective", "eps", "zs"])
@@ -32,36 +31,75 @@ top last (what `decode` takes to invert exactly); zs: the split-off halves and
 the top z (before standardisation), in the same order."""
 
 
-def _stacked_request(name, steps):
-    """tf.get_variable kwargs for one variable stacked over the steps, from
-    each step's request for it (`steps`, in step order)."""
-    first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
-    inits = [s.get("initializer") for s in steps]
-    if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
-        first["initializer"] = np.stack([np.asarray(i) for i in inits])
-        first["shape"] = None
-        return first
-    same = all(type(i) is type(inits[0]) and hasattr(i, "get_config") and i.get_config() == inits[0].get_config()
-               for i in inits)
-    if not same or first.get("shape") is None:
-        raise ValueError("looped steps: variable %r has initialisers %r, which cannot be stacked (expected NumPy "
-                         "values, or one TF initializer object of the same config for every step)"
-                         % (name, sorted(set(type(i).__name__ for i in inits))))
-    first["shape"] = [len(steps)] + list(tf.TensorShape(first["shape"]).as_list())
-    return first
+ARCHITECTURE = ("image_shape", "n_levels", "depth", "width", "permutation", "coupling", "n_bits_x", "learntop",
+                "ycond", "n_y", "weight_y")
+"""Glow's constructor arguments that define the model (and its checkpoint's
+variables): what a run folder records so that it can be rebuilt."""
 
 
-def step_key(name):
-    """A looped build's stacked step variable name (or checkpoint key, a
-    slot's included) for an unrolled build's: ("model/0/step/actnorm/b", 3)
-    for "model/0/3/actnorm/b"; None for names that are not a step's."""
-    match = _UNROLLED_STEP.match(name)
-    if match is None:
-        return None
-    return "%s/%s/%s" % (match.group(1), memory_saving_gradients.STEP_SCOPE, match.group(3)), int(match.group(2))
+class FlowStep(object):
+    """One step of flow (paper Figure 2a, openai/glow's revnet2d_step) under
+    variable scope `name`: actnorm -> invertible 1x1 conv (or permutation)
+    -> coupling; the inverse runs the same list reversed. Each op follows
+    tfops' contract op(z, logdet, reverse) -> (z, logdet).
+
+    The coupling is also given as its parts, the tags memory_saving_gradients'
+    invertible mode reads: `nn` (z1 -> h, the network) and `couple` (h, z2 ->
+    z2', the transform), so that the backward pass evaluates the network
+    once per step; `prefix` is the ops before the coupling."""
+
+    def __init__(self, glow, name, n_channels):
+        self.glow = glow
+        self.name = name
+        n_per_channel, self.couple_fn = tfops.COUPLINGS[glow.coupling]
+        self.n_nn_out = n_per_channel * n_channels // 2
+
+    def __call__(self, z, logdet, reverse=False):
+        return self._run([self.actnorm, self.permute, self.coupling], z, logdet, reverse)
+
+    def prefix(self, z, logdet, reverse=False):
+        return self._run([self.actnorm, self.permute], z, logdet, reverse)
+
+    def _run(self, ops, z, logdet, reverse):
+        with tf.variable_scope(self.name):
+            for op in (reversed(ops) if reverse else ops):
+                z, logdet = op(z, logdet, reverse)
+        return z, logdet
+
+    def actnorm(self, z, logdet, reverse):
+        return tfops.actnorm("actnorm", z, logdet, reverse=reverse)
+
+    def permute(self, z, logdet, reverse):
+        permutation = self.glow.permutation
+        return tfops.PERMUTATIONS[permutation](permutation, z, logdet, reverse=reverse)
+
+    def coupling(self, z, logdet, reverse):
+        """[z1, z2] -> [z1, couple(nn(z1), z2)] (paper 3.3): z1 passes through
+        and conditions the transform of z2."""
+        z1, z2 = tfops.halves(z)
+        z2, logdet = self.couple(self._nn(z1), z2, logdet, reverse)
+        return tf.concat([z1, z2], 3), logdet
+
+    def nn(self, z1):
+        with tf.variable_scope(self.name):
+            return self._nn(z1)
+
+    def _nn(self, z1):
+        return tfops.coupling_nn("f1", z1, self.glow.width, self.n_nn_out, kernels=self.glow.kernels)
+
+    def couple(self, h, z2, logdet, reverse=False):
+        return self.couple_fn(h, z2, logdet, reverse)
 
 
-_UNROLLED_STEP = re.compile(r"^(.*?/\d+)/(\d+)/(.+)$")
+def unrolled(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+    """A level's `depth` steps, each with its own ops and variables (scopes
+    "0", "1", ...), or their inverses last to first: Glow's default
+    `run_steps`. A trainer passes memory_saving_gradients' or looped.py's
+    to take gradients with less memory."""
+    steps = [make_step(str(i)) for i in range(depth)]
+    for step in (reversed(steps) if reverse else steps):
+        z, logdet = step(z, logdet, reverse)
+    return z, logdet
 
 
 class Glow(object):
@@ -69,17 +107,16 @@ class Glow(object):
 
     image_shape: (H, W, C) of the data; H and W must be divisible by
     2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
-    tfops.COUPLINGS. loop_steps: run each level's steps as a tf.while_loop
-    over one copy of the step in every graph, the data-dependent init's too
-    (memory_saving_gradients.looped_flow), with each variable of the steps
-    stacked over them ([depth, ...], step_key): same results, a graph whose
-    size does not grow with depth (Trainer converts checkpoints between the
-    two layouts on restore). The model never reads flags: train.py passes
-    numbers (from_config)."""
+    tfops.COUPLINGS, kernels in kernels.KINDS (how the coupling networks'
+    convolutions are computed: same function). run_steps(make_step, depth,
+    z, logdet, reverse, for_gradients) runs one level's steps (`unrolled`
+    by default); `losses(..., for_gradients=True)` builds the graph whose
+    gradients are taken, where a trainer's run_steps may save memory. The
+    model never reads flags: train.py passes numbers (from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
-                 weight_y=0.0, dtype=tf.float32, loop_steps=False, name="model"):
+                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=unrolled, name="model"):
         h, w, c = [int(d) for d in image_shape]
         if permutation not in tfops.PERMUTATIONS:
             raise ValueError("permutation %r: expected one of %s" % (permutation, sorted(tfops.PERMUTATIONS)))
@@ -107,22 +144,18 @@ class Glow(object):
         self.n_y = n_y
         self.weight_y = weight_y
         self.dtype = tf.as_dtype(dtype)
-        self.loop_steps = bool(loop_steps)
+        self.kernels = kernels_lib.check(kernels)
+        self.run_steps = run_steps
         self.name = name
         self.n_dims = h * w * c
         # Shape of the top latent: squeeze once, then squeeze after each split.
         self.top_shape = (h // 2 ** n_levels, w // 2 ** n_levels, c * 2 ** (n_levels + 1))
 
     @classmethod
-    def from_config(cls, cfg, **overrides):
-        """The model of a run config (config.py's frozen one): its
-        architecture fields, with `overrides` (e.g. loop_steps=False for an
-        unrolled copy)."""
-        kwargs = dict(n_levels=cfg.n_levels, depth=cfg.depth, width=cfg.width, permutation=cfg.permutation,
-                      coupling=cfg.coupling, n_bits_x=cfg.n_bits_x, learntop=cfg.learntop, ycond=cfg.ycond,
-                      n_y=cfg.n_y, weight_y=cfg.weight_y, loop_steps=cfg.loop_steps)
-        kwargs.update(overrides)
-        return cls(cfg.image_shape, **kwargs)
+    def from_config(cls, cfg, **kwargs):
+        """The model of a run config (config.py's): its ARCHITECTURE fields and
+        kernels, with `kwargs` (e.g. run_steps) added."""
+        return cls(kernels=cfg.kernels, **dict(((k, getattr(cfg, k)) for k in ARCHITECTURE), **kwargs))
 
     # -- scopes and pre/post-processing ------------------------------------
 
@@ -150,113 +183,26 @@ class Glow(object):
 
     # -- the flow ------------------------------------------------------------
 
-    def _flow_step(self, name, n_channels):
-        """One step of flow (paper Figure 2a) on z with `n_channels`: actnorm
-        -> permutation -> coupling, under variable scope `name`, as the parts
-        that memory_saving_gradients.CouplingStep needs."""
-        n_per_channel, couple = tfops.COUPLINGS[self.coupling]
-
-        def prefix(z, logdet, reverse):
-            ops = [
-                lambda z_, ld: tfops.actnorm("actnorm", z_, ld, reverse=reverse),
-                lambda z_, ld: tfops.PERMUTATIONS[self.permutation](self.permutation, z_, ld, reverse=reverse),
-            ]
-            with tf.variable_scope(name):
-                for op in (reversed(ops) if reverse else ops):
-                    z, logdet = op(z, logdet)
-            return z, logdet
-
-        def nn(z1):
-            with tf.variable_scope(name):
-                return tfops.coupling_nn("f1", z1, self.width, n_per_channel * n_channels // 2)
-
-        return memory_saving_gradients.CouplingStep(prefix, nn, couple)
-
-    def _level(self, level, z, logdet, reverse, checkpointing="none"):
-        """`depth` flow steps; forward, their gradient is that of the
-        `checkpointing` mode (memory_saving_gradients.MODES)."""
+    def _level(self, level, z, logdet, reverse, for_gradients=False):
+        """Level `level`'s `depth` flow steps (or their inverses)."""
         n_channels = tfops.int_shape(z)[3]
         with tf.variable_scope(str(level)):
-            if self.loop_steps:
-                params, constants = self._stacked_step_variables(z, n_channels)
-                step = self._flow_step(memory_saving_gradients.STEP_SCOPE, n_channels)
-                return memory_saving_gradients.looped_flow(step, params, constants, z, logdet, self.depth,
-                                                           mode=checkpointing, reverse=reverse,
-                                                           ddi_init=tfops.in_ddi_init())
-            steps = [self._flow_step(str(i), n_channels) for i in range(self.depth)]
-            if not reverse:
-                return memory_saving_gradients.flow(steps, z, logdet, mode=checkpointing)
-            for step in reversed(steps):
-                z, logdet = step(z, logdet, True)
-        return z, logdet
+            return self.run_steps(lambda name: FlowStep(self, name, n_channels), self.depth, z, logdet,
+                                  reverse=reverse, for_gradients=for_gradients)
 
-    def _stacked_step_variables(self, z, n_channels):
-        """For looped_flow, under a level's variable scope: its steps'
-        variables, each stacked over the steps as one variable
-        `STEP_SCOPE/<name>` of shape [depth, ...] (row i is step i's), as the
-        scope's custom getter gives them (an evaluation graph's: the Polyak
-        averages): ({name: variable or tensor} for the trainable float
-        variables, {the same} for the others). The first graph to ask
-        creates them (_create_step_variables)."""
-        prefix = tf.get_variable_scope().name + "/" + memory_saving_gradients.STEP_SCOPE + "/"
-
-        def stacked():
-            return [v for v in tf.global_variables() if v.op.name.startswith(prefix)]
-
-        if not stacked():
-            self._create_step_variables(z, n_channels)
-        params, constants = {}, {}
-        for v in stacked():
-            name = v.op.name[len(prefix):]
-            with tf.variable_scope(memory_saving_gradients.STEP_SCOPE, reuse=True):
-                value = tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype, trainable=v.trainable)
-            (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = value
-        return params, constants
-
-    def _create_step_variables(self, z, n_channels):
-        """Create a level's stacked step variables (_stacked_step_variables)
-        without building `depth` steps' ops in this graph: each step is
-        built in a scratch graph of its own under an unrolled build's scope
-        names and graph seed, which records what it asks tf.get_variable
-        for; each stacked variable's initial value stacks those of the
-        steps. Initial values drawn in NumPy from the scope's name
-        (tfops.layer_rng: the 1x1 convs, permutations) are an unrolled
-        build's, row by row; TF's random initialisers draw the whole stack
-        at once, so differ from an unrolled build's."""
-        scope = tf.get_variable_scope().name
-        requests = collections.OrderedDict()  # name in the step -> [the tf.get_variable kwargs of each step]
-
-        def record(getter, name, *args, **kwargs):
-            step_name = name[len(scope) + 1:].split("/", 1)[1]
-            requests.setdefault(step_name, []).append(kwargs)
-            return getter(name, *args, **kwargs)
-
-        seed = tf.get_default_graph().seed
-        for i in range(self.depth):
-            with tf.Graph().as_default():  # one step per scratch graph: only one is alive at a time
-                tf.set_random_seed(seed)
-                z_in = tf.placeholder(z.dtype, z.get_shape())
-                logdet = tf.zeros([tf.shape(z_in)[0]], z.dtype)
-                with tf.variable_scope(scope, custom_getter=record):
-                    self._flow_step(str(i), n_channels)(z_in, logdet, False)
-        with tf.variable_scope(memory_saving_gradients.STEP_SCOPE):
-            for name, steps in requests.items():
-                tf.get_variable(name, **_stacked_request(name, steps))
-
-    def encode(self, x, y=None, custom_getter=None, checkpointing="none"):
+    def encode(self, x, y=None, custom_getter=None, for_gradients=False):
         """x: preprocessed (and dequantised) data [B,H,W,C], y: labels [B]
-        (used with ycond) -> Encoding. checkpointing: how the flow's gradient
-        saves memory, one of memory_saving_gradients.MODES (training only)."""
+        (used with ycond) -> Encoding."""
         with self.scope(custom_getter):
             logdet = tf.zeros([tf.shape(x)[0]], self.dtype)
             objective = tf.zeros([tf.shape(x)[0]], self.dtype)
             z = tfops.squeeze2d(x)  # [B, H/2, W/2, 4C]
             eps, zs = [], []
             for level in range(self.n_levels):
-                z, logdet = self._level(level, z, logdet, reverse=False, checkpointing=checkpointing)
+                z, logdet = self._level(level, z, logdet, reverse=False, for_gradients=for_gradients)
                 if level < self.n_levels - 1:
                     zs.append(z[:, :, :, int(z.get_shape()[3]) // 2:])
-                    z, objective, e = tfops.split2d("pool%d" % level, z, objective)  # [B, h/2, w/2, 2c]
+                    z, objective, e = tfops.split2d("pool%d" % level, z, objective, kernels=self.kernels)  # [B, h/2, w/2, 2c]
                     eps.append(e)
             zs.append(z)
         prior = self.top_prior(y, tf.shape(x)[0], custom_getter)
@@ -272,7 +218,7 @@ class Glow(object):
             h = tf.zeros(tf.stack([batch_size] + list(self.top_shape[:2]) + [2 * n_z]), self.dtype)
             h.set_shape([None] + list(self.top_shape[:2]) + [2 * n_z])
             if self.learntop:
-                h = tfops.conv2d_zeros("p", h, 2 * n_z)
+                h = tfops.conv2d_zeros("p", h, 2 * n_z, kernels=self.kernels)
             if self.ycond:
                 y_onehot = tf.one_hot(y, self.n_y, dtype=self.dtype)
                 h += tf.reshape(tfops.linear_zeros("y_emb", y_onehot, 2 * n_z), [-1, 1, 1, 2 * n_z])
@@ -297,13 +243,13 @@ class Glow(object):
         with self.scope(custom_getter):
             for level in reversed(range(self.n_levels)):
                 if level < self.n_levels - 1:
-                    z = tfops.split2d_reverse("pool%d" % level, z, eps[level], temperature)
+                    z = tfops.split2d_reverse("pool%d" % level, z, eps[level], temperature, kernels=self.kernels)
                 z, _ = self._level(level, z, tf.zeros([tf.shape(z)[0]], self.dtype), reverse=True)
             return tfops.unsqueeze2d(z)  # [B, H, W, C]
 
     # -- objectives ------------------------------------------------------------
 
-    def losses(self, x_uint8, y, dequantize=True, custom_getter=None, checkpointing="none"):
+    def losses(self, x_uint8, y, dequantize=True, custom_getter=None, for_gradients=False):
         """The training/evaluation objective on a batch of uint8 images.
 
         Returns a dict of per-example tensors [B]: objective (log p(x) of the
@@ -311,17 +257,17 @@ class Glow(object):
         metric: -objective / (ln 2 * H*W*C)), bits_y (class loss in bits,
         zero without ycond and weight_y), loss (bits_x + weight_y * bits_y),
         pred_loss (1 for a wrong class prediction; 1 without a classifier,
-        as openai/glow). checkpointing: see `encode`; take the gradients
-        with memory_saving_gradients.gradients(..., mode=checkpointing)."""
+        as openai/glow). for_gradients: the graph whose gradients are taken
+        (see `Glow`)."""
         x = self.preprocess(x_uint8)
         if dequantize:
             x = self.dequantize(x)
-        return self.stats(x, y, custom_getter, checkpointing)[0]
+        return self.stats(x, y, custom_getter, for_gradients)[0]
 
-    def stats(self, x, y, custom_getter=None, checkpointing="none"):
+    def stats(self, x, y, custom_getter=None, for_gradients=False):
         """`losses` of preprocessed (and dequantised) data x [B,H,W,C], and the
         Encoding they come from: (dict of per-example tensors, Encoding)."""
-        enc = self.encode(x, y, custom_getter, checkpointing)
+        enc = self.encode(x, y, custom_getter, for_gradients)
         # Discretisation: a density on bins of width 1/n_bins in each of D dims.
         objective = enc.objective - np.log(self.n_bins) * self.n_dims
         bits_x = -objective / (np.log(2.0) * self.n_dims)

@@ -26,6 +26,8 @@ import numpy as np
 import scipy.linalg
 import tensorflow.compat.v1 as tf
 
+import kernels as kernels_lib
+
 # ---------------------------------------------------------------------------
 # arg_scope: default keyword arguments for decorated functions, by context.
 # ---------------------------------------------------------------------------
@@ -97,14 +99,11 @@ def layer_rng(seed_extra=0):
 class Zeros(object):
     """Initializer of zeros computed when the initialiser runs.
 
-    tf.zeros_initializer's zeros are a constant to Grappler, which folds them
-    into a Const tensor of the variable's size; the session caches the
-    executor of the initialiser run, and with it that tensor, for as long
-    as the session lives. For the optimizer slots and the zero-initialised
-    weights of the paper's model with --loop_steps that kept over twice the
-    weights' size resident (docs/BENCHMARKS.md). Grappler does not fold a
-    large fill from a PlaceholderWithDefault; it still folds small ones
-    (below about 10 MiB), and shares them between same-shaped variables."""
+    tf.zeros_initializer's zeros are a constant that Grappler folds into a
+    Const tensor of the variable's size, which the session then keeps for
+    its lifetime: for the optimizer slots of the paper's model, more than
+    the weights' size again. A fill from a PlaceholderWithDefault is not
+    folded (above about 10 MiB; smaller ones are, and shared)."""
 
     def __init__(self, dtype=tf.float32):
         self.dtype = tf.as_dtype(dtype)
@@ -118,30 +117,25 @@ class Zeros(object):
         return {"dtype": self.dtype.name}
 
 
+class DataDependent(Zeros):
+    """The initializer of variables that data-dependent init sets (actnorm's):
+    zeros until then. It also marks them for custom getters: looped.py's
+    returns an object whose `assign` collects a loop iteration's values."""
+
+
 @add_arg_scope
-def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True, record=None):
+def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True):
     """A variable with data-dependent initialisation.
 
     Outside init mode this is `tf.get_variable`; with `init=True` (set by
     `arg_scope([get_variable_ddi], init=True)` over one batch) the returned
-    tensor first assigns `initial_value`, computed from that batch.
-
-    record: a list, set by the init pass of a looped flow
-    (memory_saving_gradients.looped_flow), whose iterations cannot assign
-    their own step's variable: in init mode the variable is then neither
-    read nor assigned here; (its full name, the value) is appended to
-    `record` and the value returned, and the loop assigns every step's
-    values once it has run."""
-    if init and record is not None:
-        value = tf.reshape(tf.cast(initial_value, dtype), shape)
-        record.append((tf.get_variable_scope().name + "/" + name, value))
-        return value
-    w = tf.get_variable(name, shape, dtype, initializer=Zeros(), trainable=trainable)
-    if init:
-        assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
-        with tf.control_dependencies([assigned]):
-            return tf.identity(assigned)
-    return w
+    tensor first assigns `initial_value`, computed from that batch."""
+    w = tf.get_variable(name, shape, dtype, initializer=DataDependent(), trainable=trainable)
+    if not init:
+        return w
+    assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
+    with tf.control_dependencies([assigned]):
+        return tf.identity(assigned)
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +163,6 @@ def actnorm_params(name, x, scale=1.0, logscale_factor=LOGSCALE_FACTOR):
     return bias, logs
 
 
-@add_arg_scope
 def actnorm(name, z, logdet, reverse=False):
     """Activation normalisation (paper 3.1): z -> (z + b) * exp(logs).
 
@@ -274,7 +267,6 @@ def _conv1x1(z, w):
     return tf.reshape(out, [-1, h, w_, n_c])  # [B, H, W, C]
 
 
-@add_arg_scope
 def invconv(name, z, logdet, reverse=False):
     """Invertible 1x1 convolution with an unconstrained W (paper 3.2, Table 1).
 
@@ -293,7 +285,6 @@ def invconv(name, z, logdet, reverse=False):
         return _conv1x1(z, w_inv), logdet - dlogdet
 
 
-@add_arg_scope
 def invconv_lu(name, z, logdet, reverse=False):
     """Invertible 1x1 convolution, LU-decomposed (paper 3.2, eq. 10).
 
@@ -335,145 +326,40 @@ PERMUTATIONS = {
 }
 
 # ---------------------------------------------------------------------------
-# Convolutions of the coupling network (openai/glow's NN, paper 3.3)
+# Convolutions of the coupling network and priors (openai/glow's NN, paper
+# 3.3), computed by kernels.py's `kernels` ("plain" or "cpu")
 # ---------------------------------------------------------------------------
 
 
-def _edge_indicator(filter_size, h, w, dtype):
-    """[1, h + 2a, w + 2b, 1]: 1 on the zero padding of a 'VALID' conv with an
-    odd filter of size (2a+1, 2b+1) over an h x w image, 0 inside."""
-    a = (filter_size[0] - 1) // 2
-    b = (filter_size[1] - 1) // 2
-    pad = np.zeros([1, h + 2 * a, w + 2 * b, 1], dtype=dtype.as_numpy_dtype)
-    pad[:, :a, :, 0] = 1.0
-    pad[:, h + a:, :, 0] = 1.0
-    pad[:, :, :b, 0] = 1.0
-    pad[:, :, w + b:, 0] = 1.0
-    return pad
-
-
-def add_edge_padding(x, filter_size):
-    """Zero-pad x for a 'VALID' conv and add a channel that is 1 on the padding.
-
-    openai/glow's edge bias: the network can tell padding from a real zero.
-    The indicator is a constant of the padded spatial shape."""
-    a = (filter_size[0] - 1) // 2
-    b = (filter_size[1] - 1) // 2
-    if a == 0 and b == 0:
-        return x
-    h, w = int_shape(x)[1:3]
-    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
-    pad = tf.tile(tf.constant(_edge_indicator(filter_size, h, w, x.dtype)), [tf.shape(x)[0], 1, 1, 1])
-    return tf.concat([x, pad], axis=3)
-
-
-def _check_filter(filter_size):
-    if len(filter_size) != 2 or filter_size[0] % 2 == 0 or filter_size[1] % 2 == 0:
-        raise ValueError("filter_size %r: expected two odd sizes (edge padding is symmetric)" % (filter_size,))
-
-
-def _window(x, dy, dx, h, w):
-    """x[:, dy:dy+h, dx:dx+w, :] as tf.slice, whose gradient is a Pad: the
-    StridedSliceGrad of Python indexing is several times slower on CPU."""
-    return tf.slice(x, [0, dy, dx, 0], [-1, h, w, -1])
-
-
-def _conv_valid(x, w, bias=None):
-    """'VALID' conv of x [B, H+kh-1, W+kw-1, C] with w [kh, kw, C, N] (plus
-    bias [N]) as one matmul over pixels (im2col).
-
-    The patches are the kh*kw shifted views of x, tap-major (channel
-    t*C + c for tap t = dy*kw + dx, the row order of w reshaped to
-    [kh*kw*C, N]). Meant for few input channels (the coupling network's
-    first conv), where a conv's filter gradient is a poor GEMM and the
-    patches are small. Returns [B, H, W, N]."""
-    kh, kw, n_c, n_out = int_shape(w)
-    h, w_ = int_shape(x)[1] - kh + 1, int_shape(x)[2] - kw + 1
-    if kh * kw > 1:
-        x = tf.concat([_window(x, dy, dx, h, w_) for dy in range(kh) for dx in range(kw)], axis=3)
-    y = tf.matmul(tf.reshape(x, [-1, kh * kw * n_c]), tf.reshape(w, [kh * kw * n_c, n_out]))  # [B*H*W, N]
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias)  # on the matmul's own output, where Grappler can fuse it
-    return tf.reshape(y, [-1, h, w_, n_out])  # [B, H, W, N]
-
-
-def _conv_same_by_taps(x, w):
-    """'SAME' (zero-padded) conv of x [B, H, W, C] with w [kh, kw, C, N] as
-    one matmul and kh*kw shifts.
-
-    u = x @ [w_0 | ... | w_{kh*kw-1}] gives every tap's contribution at every
-    pixel; the output sums each tap's block shifted by its offset. Meant for
-    many input and few output channels (the coupling network's zero conv,
-    width -> 2C): one GEMM with N = kh*kw*n_out instead of a conv whose
-    filter and input gradients are GEMMs with N = n_out. Returns [B, H, W, N]."""
-    kh, kw, n_c, n_out = int_shape(w)
-    h, w_ = int_shape(x)[1:3]
-    a, b = (kh - 1) // 2, (kw - 1) // 2
-    taps = tf.reshape(tf.transpose(w, [2, 0, 1, 3]), [n_c, kh * kw * n_out])  # [C, (dy, dx, n)]
-    u = tf.matmul(tf.reshape(x, [-1, n_c]), taps)  # [B*H*W, kh*kw*N]
-    u = tf.reshape(u, [-1, h, w_, kh * kw * n_out])  # [B, H, W, kh*kw*N]
-    if kh * kw == 1:
-        return u
-    u = tf.pad(u, [[0, 0], [a, a], [b, b], [0, 0]])  # [B, H+2a, W+2b, kh*kw*N]
-    blocks = tf.split(u, kh * kw, axis=3)
-    return tf.add_n([_window(blocks[dy * kw + dx], dy, dx, h, w_) for dy in range(kh) for dx in range(kw)])
-
-
-@add_arg_scope
-def conv2d(name, x, width, filter_size=(3, 3)):
-    """Conv (edge-padded, no bias) followed by actnorm; weights ~ N(0, 0.05).
-
-    After init the actnorm is folded into the conv: (conv(x, W) + b) * s =
-    conv(x, W * s) + b * s with s = exp(logs) per output channel: one matmul
-    with a bias, which Grappler fuses with the ReLU that follows, instead of
-    two more elementwise passes over the [B, H, W, width] output forward and
-    four backward. Same variables, same function (to float rounding). Data-
-    dependent init needs the unscaled conv output for its statistics, so it
-    runs unfolded."""
+def _conv_weights(x, width, filter_size, initializer):
+    """W [kh, kw, C (+1 for the edge channel unless 1x1), width]."""
     filter_size = list(filter_size)
-    _check_filter(filter_size)
+    n_in = int_shape(x)[3] + int(filter_size != [1, 1])
+    return tf.get_variable("W", filter_size + [n_in, width], x.dtype, initializer=initializer)
+
+
+def conv2d(name, x, width, filter_size=(3, 3), *, kernels):
+    """Edge-padded conv (no bias) followed by actnorm; W ~ N(0, 0.05).
+
+    After init the actnorm is a bias and scale of the conv (kernels.conv);
+    data-dependent init needs the conv's own output for its statistics."""
     with tf.variable_scope(name):
-        x = add_edge_padding(x, filter_size)
-        n_in = int_shape(x)[3]
-        w = tf.get_variable("W", filter_size + [n_in, width], x.dtype,
-                            initializer=tf.random_normal_initializer(0.0, 0.05))
+        w = _conv_weights(x, width, filter_size, tf.random_normal_initializer(0.0, 0.05))
         if in_ddi_init():
-            return actnorm_layer("actnorm", _conv_valid(x, w))
+            return actnorm_layer("actnorm", kernels_lib.conv(kernels, x, w))
         bias, logs = actnorm_variables("actnorm", width, x.dtype)
-        scale = tf.exp(logs)
-        return _conv_valid(x, w * scale, bias * scale)
+        return kernels_lib.conv(kernels, x, w, bias, tf.exp(logs))
 
 
-@add_arg_scope
-def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FACTOR):
-    """Zero-initialised conv with bias and per-channel scale exp(3 * logs).
-
-    Zero init makes each coupling start as the identity (paper 3.3), which
-    keeps a deep flow trainable from the first step.
-
-    Computed as conv(x, W_x * s, 'SAME') + (conv(edge, W_edge * s) + b * s),
-    s = exp(3 logs): zero padding is what 'SAME' does, and the edge
-    indicator's part is a constant [1, H, W, width] map, so the [B, H, W,
-    n_in] input is never padded, concatenated or rescaled (openai/glow:
-    pad, concat, conv, add, multiply). W keeps openai/glow's shape
-    [kh, kw, n_in + 1, width] (the last input channel is the indicator's)."""
-    filter_size = list(filter_size)
-    _check_filter(filter_size)
+def conv2d_zeros(name, x, width, filter_size=(3, 3), logscale_factor=LOGSCALE_FACTOR, *, kernels):
+    """Zero-initialised edge-padded conv with bias and per-channel scale
+    exp(3 * logs). Zero init makes each coupling start as the identity (paper
+    3.3), which keeps a deep flow trainable from the first step."""
     with tf.variable_scope(name):
-        h, w_, n_in = int_shape(x)[1:]
-        edge = filter_size != [1, 1]
-        w = tf.get_variable("W", filter_size + [n_in + int(edge), width], x.dtype,
-                            initializer=Zeros())
+        w = _conv_weights(x, width, filter_size, Zeros())
         b = tf.get_variable("b", [width], x.dtype, initializer=Zeros())
         logs = tf.get_variable("logs", [width], x.dtype, initializer=Zeros())
-        scale = tf.exp(logs * logscale_factor)
-        w = w * scale
-        bias = b * scale
-        out = _conv_same_by_taps(x, w[:, :, :n_in])
-        if not edge:
-            return tf.nn.bias_add(out, bias)
-        indicator = tf.constant(_edge_indicator(filter_size, h, w_, x.dtype))
-        return out + (tf.nn.conv2d(indicator, w[:, :, n_in:], [1, 1, 1, 1], "VALID") + bias)
+        return kernels_lib.zero_conv(kernels, x, w, b, tf.exp(logs * logscale_factor))
 
 
 def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):
@@ -486,12 +372,12 @@ def linear_zeros(name, x, width, logscale_factor=LOGSCALE_FACTOR):
         return (tf.matmul(x, w) + b) * tf.exp(logs * logscale_factor)
 
 
-def coupling_nn(name, h, width, n_out):
-    """NN() of the affine coupling: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3."""
+def coupling_nn(name, h, width, n_out, *, kernels):
+    """NN() of the coupling: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero conv3x3."""
     with tf.variable_scope(name):
-        h = tf.nn.relu(conv2d("l_1", h, width))
-        h = tf.nn.relu(conv2d("l_2", h, width, filter_size=(1, 1)))
-        return conv2d_zeros("l_last", h, n_out)
+        h = tf.nn.relu(conv2d("l_1", h, width, kernels=kernels))
+        h = tf.nn.relu(conv2d("l_2", h, width, filter_size=(1, 1), kernels=kernels))
+        return conv2d_zeros("l_last", h, n_out, kernels=kernels)
 
 
 # ---------------------------------------------------------------------------
@@ -499,7 +385,7 @@ def coupling_nn(name, h, width, n_out):
 # ---------------------------------------------------------------------------
 
 
-def _halves(z):
+def halves(z):
     """First and second half of the channels. (tf.split: its gradient is a
     concat, where a slice's is a zero-padded copy per half.)"""
     n_c = int_shape(z)[3]
@@ -545,35 +431,6 @@ COUPLINGS = {
     "additive": (1, couple_additive),
     "affine": (2, couple_affine),
 }
-
-
-def apply_coupling(nn, couple, z, logdet, reverse=False):
-    """[z1, z2] -> [z1, couple(nn(z1), z2)], or its inverse: z1, the first
-    half of the channels, passes through and conditions the transform of z2."""
-    z1, z2 = _halves(z)
-    z2, logdet = couple(nn(z1), z2, logdet, reverse)
-    return tf.concat([z1, z2], 3), logdet
-
-
-def coupling(kind, name, z, logdet, reverse=False, width=512):
-    """The `kind` coupling (a key of COUPLINGS) with its network coupling_nn
-    of `width` hidden channels under variable scope `name`."""
-    n_per_channel, couple = COUPLINGS[kind]
-    n_out = n_per_channel * int_shape(z)[3] // 2
-    return apply_coupling(lambda z1: coupling_nn(name, z1, width, n_out), couple, z, logdet, reverse)
-
-
-@add_arg_scope
-def additive_coupling(name, z, logdet, reverse=False, width=512):
-    """z2 += NN(z1) (NICE). logdet += 0."""
-    return coupling("additive", name, z, logdet, reverse, width)
-
-
-@add_arg_scope
-def affine_coupling(name, z, logdet, reverse=False, width=512):
-    """z2 = (z2 + shift) * scale with (shift, scale) from NN(z1) (paper 3.3;
-    see couple_affine). logdet += sum(log scale)."""
-    return coupling("affine", name, z, logdet, reverse, width)
 
 
 # ---------------------------------------------------------------------------
@@ -638,30 +495,29 @@ class GaussianDiag(object):
         return eps * temperature
 
 
-@add_arg_scope
-def split_prior(name, z1):
+def split_prior(name, z1, kernels):
     """Learned Gaussian prior of the split-off half, conditioned on the kept
     half z1 through a zero-initialised conv (openai/glow's split2d_prior)."""
     n_c = int_shape(z1)[3]
-    h = conv2d_zeros(name + "/conv", z1, 2 * n_c)
+    h = conv2d_zeros(name + "/conv", z1, 2 * n_c, kernels=kernels)
     return GaussianDiag(*_even_odd(h))
 
 
-def split2d(name, z, objective):
+def split2d(name, z, objective, *, kernels):
     """Factor out half the channels (paper 3.4).
 
     Returns (z1 squeezed, objective + log p(z2 | z1), eps of z2). The eps is
     what `split2d_reverse` needs to rebuild z exactly."""
-    z1, z2 = _halves(z)
-    prior = split_prior(name, z1)
+    z1, z2 = halves(z)
+    prior = split_prior(name, z1, kernels)
     return squeeze2d(z1), objective + prior.logp(z2), prior.get_eps(z2)
 
 
-def split2d_reverse(name, z, eps=None, temperature=1.0):
+def split2d_reverse(name, z, eps=None, temperature=1.0, *, kernels):
     """Inverse of split2d: z2 = mean + std * eps with eps given, or drawn and
     scaled by `temperature`. Returns the un-split z."""
     z1 = unsqueeze2d(z)
-    prior = split_prior(name, z1)
+    prior = split_prior(name, z1, kernels)
     if eps is None:
         eps = prior.random_eps(temperature)
     return tf.concat([z1, prior.sample(eps)], 3)

@@ -28,9 +28,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import config  # noqa: E402
 import data_loaders  # noqa: E402
-import memory_saving_gradients  # noqa: E402
 import modelarts  # noqa: E402
 import runtime  # noqa: E402
 import trainer as trainer_lib  # noqa: E402
@@ -70,6 +70,8 @@ class Run(object):
 
     def __init__(self, cfg, data, trainer, backend):
         self.cfg = cfg
+        self.state = checkpoints.RunState()
+        self.loss_scale = trainer_lib.LossScale(cfg.loss_scale)
         self.data = data
         self.trainer = trainer
         self.backend = backend
@@ -78,9 +80,9 @@ class Run(object):
         self.stop = StopRequest()
         self.train_log = self.test_log = self.event_log = self.tensorboard = None
         if self.chief:
-            self.train_log = utils.ResultLogger(os.path.join(self.logdir, "train.txt"), vars(cfg))
-            self.test_log = utils.ResultLogger(os.path.join(self.logdir, "test.txt"), vars(cfg))
-            self.event_log = utils.ResultLogger(os.path.join(self.logdir, "events.txt"), vars(cfg))
+            self.train_log = utils.ResultLogger(os.path.join(self.logdir, "train.txt"), cfg.as_dict())
+            self.test_log = utils.ResultLogger(os.path.join(self.logdir, "test.txt"), cfg.as_dict())
+            self.event_log = utils.ResultLogger(os.path.join(self.logdir, "events.txt"), cfg.as_dict())
             if cfg.tensorboard:
                 self.tensorboard = tf.summary.FileWriter(os.path.join(self.logdir, "tensorboard"))
 
@@ -111,21 +113,21 @@ class Run(object):
 # ---------------------------------------------------------------------------- loop
 
 
-def train_one_epoch(run, epoch, state, skip=0):
+def train_one_epoch(run, epoch, skip=0):
     """One epoch: cfg.train_its steps of this rank's stream of batches, less
     its first `skip` (done before an interruption). Returns (mean stats,
     images/s)."""
-    cfg, tr = run.cfg, run.trainer
+    cfg, tr, state = run.cfg, run.trainer, run.state
     results, consecutive_bad = [], 0
     t0 = time.time()
     n_steps = 0
     show_bar = run.chief and sys.stdout.isatty() and not cfg.verbose
-    batches = run.data.train_stream(cfg.local_batch_train, state["step"], cfg.train_its - skip)
+    batches = run.data.train_stream(cfg.local_batch_train, state.step, cfg.train_its - skip)
     try:
         for step, (x, y) in enumerate(batches, start=skip):
-            lr = config.lr_at(cfg, state["n_processed"])
+            lr = config.lr_at(cfg, state.n_processed) * state.lr_scale
             try:
-                applied, stats = tr.train_step(x, y, lr, state["loss_scale"].value)
+                applied, stats = tr.train_step(x, y, lr, state.loss_scale)
                 failure = None if applied else "non-finite loss or gradient"
             except tf.errors.InvalidArgumentError as e:
                 # e.g. "Input is not invertible" from a 1x1 conv gone singular:
@@ -133,28 +135,28 @@ def train_one_epoch(run, epoch, state, skip=0):
                 applied, stats = False, None
                 failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
                 if run.backend.size() > 1:
-                    step_failed_on_one_rank(run, state, failure)
-            state["n_processed"] += cfg.anchor_images_per_step
-            state["step"] += 1
+                    step_failed_on_one_rank(run, failure)
+            state.n_processed += cfg.anchor_images_per_step
+            state.step += 1
             n_steps += 1
-            if state["loss_scale"].update(applied):
-                run.event(event="loss_scale_lowered", step=state["step"], loss_scale=state["loss_scale"].value)
+            if run.loss_scale.update(state, applied):
+                run.event(event="loss_scale_lowered", step=state.step, loss_scale=state.loss_scale)
             elif applied:
                 consecutive_bad = 0
                 results.append(stats)
             else:
                 consecutive_bad += 1
-                run.event(event="skipped_step", epoch=epoch, step=state["step"], reason=failure,
+                run.event(event="skipped_step", epoch=epoch, step=state.step, reason=failure,
                           consecutive=consecutive_bad)
                 if consecutive_bad >= cfg.max_nonfinite:
-                    recover(run, state)
+                    recover(run)
                     consecutive_bad = 0
             if cfg.verbose:
-                run.say(state["step"], "lr %.6f" % lr, stats)
+                run.say(state.step, "lr %.6f" % lr, stats)
             elif show_bar and step % 10 == 0:
                 sys.stdout.write("\repoch %d [%d/%d]" % (epoch, step, cfg.train_its))
                 sys.stdout.flush()
-            if cfg.max_steps and state["step"] >= cfg.max_steps:
+            if cfg.max_steps and state.step >= cfg.max_steps:
                 break
             run.stop.check()
     finally:
@@ -168,18 +170,18 @@ def train_one_epoch(run, epoch, state, skip=0):
     return mean, n_steps * cfg.images_per_step / max(dt, 1e-9)
 
 
-def step_failed_on_one_rank(run, state, failure):
+def step_failed_on_one_rank(run, failure):
     """An op error in this rank's training step, with other ranks: they ran
     (or wait in) this step's allreduce, which this rank never joined, so
     skipping here would pair its next step with their current one. Stop this
     rank instead (its launcher then stops the rest). The failed step changed
     no weight; if this rank is the chief it first saves the steps done so
     far (every rank holds the same weights, and saving needs no other rank)."""
-    step = state["step"] + 1
+    step = run.state.step + 1
     run.event(event="step_failed", step=step, rank=run.backend.rank(), reason=failure)
     if run.chief:
-        save(run, state)
-        kept = "rank 0 saved a checkpoint at step %d" % state["step"]
+        save(run)
+        kept = "rank 0 saved a checkpoint at step %d" % run.state.step
     else:
         kept = "the last checkpoint is intact"
     raise RuntimeError("rank %d of %d: %s in training step %d; with several ranks a failed step cannot be "
@@ -187,20 +189,19 @@ def step_failed_on_one_rank(run, state, failure):
                        % (run.backend.rank(), run.backend.size(), failure, step, kept))
 
 
-def recover(run, state):
+def recover(run):
     """After max_nonfinite bad steps in a row: back to the last good
-    checkpoint, with the learning rate lowered."""
-    cfg, tr = run.cfg, run.trainer
+    checkpoint's weights, with the learning rate lowered; the steps taken
+    since count on (the batches go on too)."""
+    cfg, state = run.cfg, run.state
     folder = os.path.join(run.logdir, "checkpoints")
-    prefix = tf.train.latest_checkpoint(folder)
+    prefix = checkpoints.latest(folder)
     if prefix is None:
         raise RuntimeError("%d non-finite steps in a row and no checkpoint in %s to go back to"
                            % (cfg.max_nonfinite, folder))
-    tr.restore(prefix)
-    state["lr_scale"] *= cfg.lr_backoff
-    tr.set_state(lr_scale=state["lr_scale"])
-    run.event(event="recovered", step=state["step"], checkpoint=os.path.basename(prefix),
-              lr_scale=state["lr_scale"])
+    run.trainer.restore(prefix)
+    state.lr_scale *= cfg.lr_backoff
+    run.event(event="recovered", step=state.step, checkpoint=os.path.basename(prefix), lr_scale=state.lr_scale)
 
 
 N_WORST = 5  # worst test images named in each test line
@@ -260,73 +261,78 @@ def draw_samples(run, epoch, weights):
                               n_cols=rows)
 
 
-def save(run, state, best=False):
-    """Checkpoint on the chief, with the run state; copied to --train_url on ModelArts.
-    Every rank records the run state in its variables, so that all ranks stay equal."""
-    tr = run.trainer
-    tr.set_state(epoch=state["epoch"], n_processed=state["n_processed"], lr_scale=state["lr_scale"],
-                 best_test=state["best_test"])
+def save(run, best=False):
+    """Checkpoint with the run state, on the chief; copied to --train_url on ModelArts."""
     if not run.chief:
         return
-    path = tr.save(run.logdir, state["step"], best=best)
+    path = run.trainer.save(run.logdir, run.state, best=best)
     if path is None:
-        run.event(event="save_refused", reason="non-finite weights", step=state["step"])
+        run.event(event="save_refused", reason="non-finite weights", step=run.state.step)
     if run.cfg.train_url:
         modelarts.sync_out(run.logdir, run.cfg.train_url)
 
 
-def train(run, state):
-    cfg = run.cfg
+def train(run):
+    """Epochs from the run state's to --epochs (or --max_steps). The
+    batches are a stream fixed by the seed and indexed by the step
+    (Data.train_stream), so an epoch interrupted and resumed gets the
+    batches the uninterrupted one would have."""
+    cfg, state = run.cfg, run.state
     run.say("epoch  train_bits  test_bits  test_polyak  images/s  time(s)  lr")
-    sample_weights = "raw"  # until a test line says which weights test better
-    # Steps already done in an epoch that was interrupted. The batches are a
-    # stream fixed by the seed and indexed by the step (Data.train_stream),
-    # so the resumed epoch gets the batches the uninterrupted one would have.
-    skip = state["step"] - state["epoch"] * cfg.train_its
+    skip = state.step - state.epoch * cfg.train_its  # steps done in an interrupted epoch
     skip = skip if 0 < skip < cfg.train_its else 0
-    if cfg.max_steps and state["step"] >= cfg.max_steps:
-        run.say("already at step %d, --max_steps %d: nothing to train" % (state["step"], cfg.max_steps))
+    if cfg.max_steps and state.step >= cfg.max_steps:
+        run.say("already at step %d, --max_steps %d: nothing to train" % (state.step, cfg.max_steps))
         return
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    sample_weights = "raw"  # until a test line says which weights test better
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         run.stop.check()
         t0 = time.time()
-        step_before = state["step"]
-        mean, ips = train_one_epoch(run, epoch, state, skip)
+        step_before = state.step
+        mean, ips = train_one_epoch(run, epoch, skip)
         # An epoch cut short by --max_steps is not done: a resumed run
         # finishes it (its train.txt line says partial).
-        partial = skip + state["step"] - step_before < cfg.train_its
+        partial = skip + state.step - step_before < cfg.train_its
         skip = 0
         if not partial:
-            state["epoch"] = epoch
+            state.epoch = epoch
         stats = dict(zip(trainer_lib.STATS, mean.tolist()))
+        lr = config.lr_at(cfg, state.n_processed) * state.lr_scale
         if run.chief:
-            run.train_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], ips=ips,
-                              lr=config.lr_at(cfg, state["n_processed"]) * state["lr_scale"],
+            run.train_log.log(epoch=epoch, n_processed=state.n_processed, step=state.step, ips=ips, lr=lr,
                               n_skipped=run.trainer.n_skipped(), **(dict(stats, partial=True) if partial else stats))
-            run.scalars("train", state["step"], dict(stats, images_per_s=ips))
-        test = None
-        stop = bool(cfg.max_steps and state["step"] >= cfg.max_steps)
-        if config.is_eval_epoch(cfg, epoch) or stop:
-            test, _ = evaluate(run)
-            if run.chief:
-                run.test_log.log(epoch=epoch, n_processed=state["n_processed"], step=state["step"], **test)
-                run.scalars("test", state["step"], {k: v for k, v in test.items() if k != "worst_images"})
+            run.scalars("train", state.step, dict(stats, images_per_s=ips))
+        stop = bool(cfg.max_steps and state.step >= cfg.max_steps)
+        test = end_of_epoch(run, epoch, stop)
+        if test is not None:
             sample_weights = better_weights(test)
-            best_key = "loss" if cfg.weights == "raw" else "loss_polyak"
-            if test[best_key] < state["best_test"]:
-                state["best_test"] = test[best_key]
-                save(run, state, best=True)
         if config.is_sample_epoch(cfg, epoch) or stop:
             draw_samples(run, epoch, sample_weights)
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs or stop:
-            save(run, state)
+            save(run)
         run.say("%5d  %10.4f  %9s  %11s  %8.1f  %7.1f  %.2e" % (
             epoch, stats["bits_x"], "%.4f" % test["bits_x"] if test else "-",
-            "%.4f" % test["bits_x_polyak"] if test else "-", ips, time.time() - t0,
-            config.lr_at(cfg, state["n_processed"]) * state["lr_scale"]))
+            "%.4f" % test["bits_x_polyak"] if test else "-", ips, time.time() - t0, lr))
         if stop:
             run.say("stopped at --max_steps %d" % cfg.max_steps)
             break
+
+
+def end_of_epoch(run, epoch, stop):
+    """On openai/glow's test epochs (and at a stop): the test line, and
+    best/ when the --weights figure improved. Returns the line or None."""
+    cfg, state = run.cfg, run.state
+    if not (config.is_eval_epoch(cfg, epoch) or stop):
+        return None
+    test, _ = evaluate(run)
+    if run.chief:
+        run.test_log.log(epoch=epoch, n_processed=state.n_processed, step=state.step, **test)
+        run.scalars("test", state.step, {k: v for k, v in test.items() if k != "worst_images"})
+    best_key = "loss" if cfg.weights == "raw" else "loss_polyak"
+    if test[best_key] < state.best_test:
+        state.best_test = test[best_key]
+        save(run, best=True)
+    return test
 
 
 # ---------------------------------------------------------------------------- modes
@@ -414,39 +420,62 @@ def prepare_logdir(path, fresh_run):
     return path
 
 
-def start(run, args):
-    """Initialise or restore the weights. Returns the run state."""
+def run_checkpoint(args):
+    """The checkpoint a run starts from, for --resume and the modes (the
+    latest in --logdir/checkpoints unless --restore_path) and
+    --restore_path; None for a fresh run."""
+    if args.restore_path:
+        return checkpoints.resolve(args.restore_path)
+    if not (args.resume or args.inference or args.evaluate or args.sample):
+        return None
+    prefix = checkpoints.latest(os.path.join(args.logdir, "checkpoints"))
+    if prefix is None:
+        raise ValueError("--logdir %s has no checkpoint in checkpoints/ to %s"
+                         % (args.logdir, "resume from" if args.resume else "use; give --restore_path"))
+    return prefix
+
+
+def start(run, args, prefix):
+    """Initialise the weights, or restore them from `prefix` (with its run
+    state for --resume and the modes; a fresh state for --restore_path)."""
     tr, cfg = run.trainer, run.cfg
-    state = {"epoch": 0, "n_processed": 0, "step": 0, "lr_scale": 1.0, "best_test": float("inf"),
-             "loss_scale": config.LossScale(cfg.loss_scale)}
-    needs_checkpoint = args.inference or args.evaluate or args.sample
-    if args.resume or (needs_checkpoint and not args.restore_path):
-        folder = os.path.join(run.logdir, "checkpoints")
-        prefix = tf.train.latest_checkpoint(folder) if os.path.isdir(folder) else None
-        if prefix is None:
-            raise ValueError("--logdir %s has no checkpoint in checkpoints/ to %s"
-                             % (run.logdir, "resume from" if args.resume else "use; give --restore_path"))
-        tr.restore(prefix)
-        if args.resume:
-            tr.adopt_checkpoints(run.logdir)
-        state.update(tr.state())
-        state["step"] = int(prefix.rsplit("-", 1)[1])
-        run.say("restored %s (epoch %d, step %d)" % (prefix, state["epoch"], state["step"]))
-        run.event(event="resumed" if args.resume else "restored", checkpoint=prefix,
-                  **{k: v for k, v in state.items() if k != "loss_scale"})
-    elif args.restore_path:
-        prefix = tr.restore(args.restore_path)
-        tr.set_state(epoch=0, n_processed=0, lr_scale=1.0, best_test=float("inf"))
+    if prefix is None:
+        tr.initialize(*run.data.init_batch(cfg.local_batch_init))
+        run.loss_scale.start(run.state, restored=False)
+        save(run)  # a good checkpoint to fall back to from the first step
+        return
+    _, state = tr.restore(prefix)
+    if args.restore_path and not args.resume and not (args.inference or args.evaluate or args.sample):
+        run.loss_scale.start(run.state, restored=False)
         run.say("started from weights of %s" % prefix)
-    else:
-        x_init, y_init = run.data.init_batch(cfg.local_batch_init)
-        tr.initialize(x_init, y_init)
-        save(run, state)  # a good checkpoint to fall back to from the first step
-    return state
+        return
+    run.state = state
+    run.loss_scale.start(state, restored=True)
+    if args.resume:
+        tr.checkpoints.adopt(run.logdir)
+    run.say("restored %s (epoch %d, step %d)" % (prefix, state.epoch, state.step))
+    run.event(event="resumed" if args.resume else "restored", checkpoint=prefix, **state.as_dict())
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt("signal %d" % signum)
+
+
+def load_data(args, backend):
+    """The data of --problem, from --data_dir, --data_url (ModelArts) or the
+    standard places."""
+    data_dir = args.data_dir
+    if args.data_url:
+        # One copy per rank: processes on one node must not copy into the same folder.
+        local = "modelarts" if backend.size() == 1 else "modelarts-rank%d" % backend.rank()
+        data_dir = modelarts.sync_in(args.data_url, os.path.join(os.path.expanduser("~"), ".cache", "glow-data",
+                                                                 local))
+    if args.category:
+        data_dir = os.path.join(data_dir, args.category)
+    return data_loaders.get_data(
+        args.problem, data_dir=data_dir or None, image_size=None if args.image_size == -1 else args.image_size,
+        n_train=args.train_subset, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
+        seed=args.seed, rank=backend.rank(), size=backend.size(), n_channels=args.n_channels)
 
 
 def main(argv=None):
@@ -460,44 +489,32 @@ def main(argv=None):
         sys.stderr.write("ignoring unknown arguments: %s\n" % " ".join(args.unknown_args))
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
+    prefix = run_checkpoint(args)
+    saved = checkpoints.saved_config(prefix) if prefix else None
+    if saved is not None:
+        args = config.adopt_run(args, saved, prefix)
     # Process-wide, before the graph allocates; recorded in the config line.
     args.malloc_settings = runtime.tune_malloc()
     backend = runtime.make_backend(runtime.detect_backend(args.backend, args.device), args.device)
     run = None
     try:
-        data_dir = args.data_dir
-        if args.data_url:
-            # One copy per rank: processes on one node must not copy into the same folder.
-            local = "modelarts" if backend.size() == 1 else "modelarts-rank%d" % backend.rank()
-            data_dir = modelarts.sync_in(args.data_url, os.path.join(os.path.expanduser("~"), ".cache",
-                                                                     "glow-data", local))
-        if args.category:
-            data_dir = os.path.join(data_dir, args.category)
-        data = data_loaders.get_data(
-            args.problem, data_dir=data_dir or None, image_size=None if args.image_size == -1 else args.image_size,
-            n_train=args.train_subset, n_test=None if args.n_test == -1 else args.n_test, dal=args.dal,
-            seed=args.seed, rank=backend.rank(), size=backend.size(), n_channels=args.n_channels)
-        fresh_run = not (args.resume or args.inference or args.evaluate or args.sample)
-        args.logdir = prepare_logdir(args.logdir, fresh_run)
+        data = load_data(args, backend)
+        args.logdir = prepare_logdir(args.logdir, fresh_run=not (args.resume or args.inference or args.evaluate
+                                                                    or args.sample))
         cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())
-        cfg.gradient_checkpointing_used = memory_saving_gradients.effective_mode(cfg.gradient_checkpointing)
-        trainer = trainer_lib.Trainer(
-            cfg, backend, lambda graph: runtime.make_session(
-                args.device, backend, precision_mode=args.precision_mode, xla=args.xla, graph=graph))
+        trainer = trainer_lib.Trainer(cfg, backend, lambda graph: runtime.make_session(
+            cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph))
         run = Run(cfg, data, trainer, backend)
-        state = start(run, args)
-        if args.inference:
-            return run_inference(run)
-        if args.evaluate:
-            return run_evaluate(run)
-        if args.sample:
-            return run_sample(run)
+        start(run, args, prefix)
+        for flag, mode in (("inference", run_inference), ("evaluate", run_evaluate), ("sample", run_sample)):
+            if getattr(cfg, flag):
+                return mode(run)
         try:
             run.stop.install()
-            train(run, state)
+            train(run)
         except KeyboardInterrupt:
-            run.say("\ninterrupted: saving a checkpoint at step %d; continue with --resume" % state["step"])
-            save(run, state)
+            run.say("\ninterrupted: saving a checkpoint at step %d; continue with --resume" % run.state.step)
+            save(run)
             return 130
         if run.chief and cfg.train_url:
             modelarts.sync_out(run.logdir, cfg.train_url)

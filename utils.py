@@ -1,10 +1,9 @@
 """Run logs (JSON lines), image grids and atomic file writes.
 
 The log follows openai/glow's utils.ResultLogger: one JSON object a line,
-the config first. Two changes make it safe for long, interrupted runs:
-the file is opened for appending (a resumed run adds to its log instead of
-erasing it), and every line is flushed and fsync'ed (a crash loses at most
-the line being written).
+the config first. It is opened for appending (a resumed run adds to its log
+instead of erasing it), and every line is flushed and fsync'ed (a crash loses
+at most the line being written).
 """
 import io
 import json
@@ -14,27 +13,12 @@ import os
 
 import numpy as np
 
-# JSON has no NaN or infinity. A diverging run must still log valid JSON, and
-# which non-finite value it was matters when debugging, so they are written as
-# these strings (float() parses all three back).
-NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
-
-def _float(x):
-    x = float(x)
-    if math.isnan(x):
-        return NONFINITE["nan"]
-    if math.isinf(x):
-        return NONFINITE["inf"] if x > 0 else NONFINITE["-inf"]
-    return x
-
-
-def to_jsonable(value, where="value"):
-    """`value` with NumPy scalars/arrays as Python numbers/lists and NaN/inf as strings.
-
-    Raises TypeError naming `where` for anything else JSON cannot hold, rather
-    than logging its repr.
-    """
+def _jsonable(value, where):
+    """`value` with NumPy scalars and arrays as Python numbers and lists, and
+    NaN/inf as the strings "NaN", "Infinity", "-Infinity" (float() parses them
+    back): JSON has none, and a diverging run must still log valid JSON that
+    says which it was. Anything else raises TypeError naming `where`."""
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, np.bool_):
@@ -42,28 +26,27 @@ def to_jsonable(value, where="value"):
     if isinstance(value, numbers.Integral):  # int and np.integer
         return int(value)
     if isinstance(value, numbers.Real):  # float and np.floating
-        return _float(value)
+        value = float(value)
+        return value if math.isfinite(value) else json.dumps(value)
     if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist(), where)
+        return _jsonable(value.tolist(), where)
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if isinstance(k, np.generic):
-                k = k.item()
+            k = k.item() if isinstance(k, np.generic) else k
             if not isinstance(k, (str, int, float, bool)) and k is not None:
-                raise TypeError("%s: key %r of type %s cannot be a JSON key"
-                                % (where, k, type(k).__name__))
-            out[k] = to_jsonable(v, "%s[%r]" % (where, k))
+                raise TypeError("%s: key %r of type %s cannot be a JSON key" % (where, k, type(k).__name__))
+            out[k] = _jsonable(v, "%s[%r]" % (where, k))
         return out
     if isinstance(value, (list, tuple)):
-        return [to_jsonable(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+        return [_jsonable(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
     raise TypeError("%s: %r of type %s is not JSON-serialisable; pass a number, string, "
                     "bool, None, list, dict or NumPy value" % (where, value, type(value).__name__))
 
 
 def dumps_strict(obj, where="value", **kwargs):
-    """json.dumps of to_jsonable(obj); never emits the non-standard NaN/Infinity."""
-    return json.dumps(to_jsonable(obj, where), allow_nan=False, **kwargs)
+    """json.dumps of `obj` as _jsonable makes it: never the non-standard NaN/Infinity."""
+    return json.dumps(_jsonable(obj, where), allow_nan=False, **kwargs)
 
 
 class ResultLogger(object):
@@ -76,13 +59,11 @@ class ResultLogger(object):
 
     def __init__(self, path, config):
         if not isinstance(config, dict):
-            raise TypeError("ResultLogger(%r): config must be a dict, got %s"
-                            % (path, type(config).__name__))
+            raise TypeError("ResultLogger(%r): config must be a dict, got %s" % (path, type(config).__name__))
         if "resumed" in config:
             raise ValueError("ResultLogger(%r): config has a 'resumed' key, which the "
                              "logger writes itself" % (path,))
         self.path = path
-        self._file = None
         header = dict(config)
         torn = False
         if os.path.exists(path) and os.path.getsize(path) > 0:
@@ -124,10 +105,10 @@ class ResultLogger(object):
 def read_jsonl(path, skip_invalid=False):
     """The JSON objects of a JSON-lines file, in order; blank lines ignored.
 
-    Lenient in what it reads: the NaN/Infinity literals that json.dumps (and
-    openai/glow's logger) write by default are accepted. A line that is not a
-    JSON object raises ValueError naming path and line number, unless
-    skip_invalid (e.g. a line torn by a crash in a resumed run's log).
+    The NaN/Infinity literals that json.dumps (and openai/glow's logger) write
+    by default are accepted. A line that is not a JSON object raises
+    ValueError naming path and line number, unless skip_invalid (e.g. a line
+    torn by a crash in a resumed run's log).
     """
     out = []
     with open(path, "r") as f:
@@ -136,33 +117,25 @@ def read_jsonl(path, skip_invalid=False):
                 continue
             try:
                 obj = json.loads(line)
+                error = None if isinstance(obj, dict) else "expected a JSON object, got %s" % type(obj).__name__
             except ValueError as e:
-                if skip_invalid:
-                    continue
-                raise ValueError("%s:%d: not valid JSON (%s): %r"
-                                 % (path, n, e, line[:200])) from e
-            if not isinstance(obj, dict):
-                if skip_invalid:
-                    continue
-                raise ValueError("%s:%d: expected a JSON object, got %s"
-                                 % (path, n, type(obj).__name__))
-            out.append(obj)
+                error = "not valid JSON (%s): %r" % (e, line[:200])
+            if error is None:
+                out.append(obj)
+            elif not skip_invalid:
+                raise ValueError("%s:%d: %s" % (path, n, error))
     return out
 
 
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` so readers see the old file or the new, never half.
-
-    The bytes go to a temporary file in the same folder (os.replace is atomic
-    only within one file system), are fsync'ed, and the temporary file is
-    renamed over `path`. On any error the temporary file is removed, `path`
-    is untouched, and the error propagates.
-    """
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
+    """Write `data` to `path` so readers see the old file or the new, never half:
+    via an fsync'ed temporary file in the same folder (os.replace is atomic only
+    within one file system). On an error `path` is untouched, the temporary
+    file removed, and the error raised."""
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
     tmp = os.path.join(folder, ".%s.%d.%s.tmp" % (base, os.getpid(), os.urandom(4).hex()))
-    # os.open with 0o666 lets the umask decide the mode, like open(path, 'wb')
-    # (tempfile would leave the result readable by its owner only).
+    # Mode 0o666 lets the umask decide, as open(path, 'wb') does (tempfile
+    # would leave the result readable by its owner only).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -176,25 +149,16 @@ def atomic_write_bytes(path, data):
         raise
 
 
-def atomic_write_json(path, obj):
-    """Atomically write `obj` as indented strict JSON (NaN/inf as strings)."""
-    atomic_write_bytes(path, (dumps_strict(obj, path, indent=2, sort_keys=True) + "\n")
-                       .encode("utf-8"))
-
-
 def image_grid(images, n_cols=None):
     """Tile uint8 images [N, H, W, C] into one [rows*H, n_cols*W, C] array.
 
     n_cols defaults to ceil(sqrt(N)), the nearest to square; cells past N
     are black.
     """
-    if not isinstance(images, np.ndarray):
-        raise ValueError("images: expected a NumPy uint8 array [N, H, W, C], got %s"
-                         % type(images).__name__)
-    if images.dtype != np.uint8:
-        raise ValueError("images: dtype %s with shape %s, expected uint8 (convert from "
-                         "[-0.5, 0.5] with e.g. np.clip((x + .5) * 256, 0, 255).astype(np.uint8))"
-                         % (images.dtype, images.shape))
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        got = "%s with shape %s" % (images.dtype, images.shape) if hasattr(images, "dtype") else type(images).__name__
+        raise ValueError("images: %s, expected a NumPy uint8 array [N, H, W, C] (from [-0.5, 0.5]: "
+                         "np.clip((x + .5) * 256, 0, 255).astype(np.uint8))" % got)
     if images.ndim != 4 or images.shape[0] < 1 or images.shape[3] not in (1, 3):
         raise ValueError("images: shape %s, expected [N, H, W, C] with N >= 1 and C in {1, 3}"
                          % (images.shape,))

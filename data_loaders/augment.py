@@ -1,27 +1,19 @@
 """Data augmentation (openai/glow's --dal), in numpy.
 
-openai/glow (data_loaders/get_mnist_cifar.py) used Keras' ImageDataGenerator:
-  dal 1, cifar10 and mnist: width_shift_range=0.1, height_shift_range=0.1
-  dal 2, cifar10: the shifts plus horizontal_flip, rotation_range=15 (degrees),
-         zoom_range=0.1, shear_range=0.02
-  dal 2, mnist: the same as dal 1 (digits are not flipped).
-Keras draws, per image, a continuous shift uniform in +-10% of the side (up to
-3.2 px at 32 px), rotation uniform in +-15 degrees, zoom factors for rows and
-columns independently uniform in [0.9, 1.1] and a shear angle uniform in
-+-0.02 degrees (openai/glow pinned Keras 2.2.0, which reads shear_range in
-degrees since keras-team/keras#8868; before that it was radians, 57 times
-more); it resamples with
-bilinear interpolation, repeats the edge pixel outside the image
-(fill_mode='nearest'), then flips half the images left-right.  This module
-draws the same distribution with its own RandomState (the draws are not
-Keras'), rotates about the true pixel centre ((H-1)/2, (W-1)/2) where Keras
-used H/2 + 0.5, and floors to uint8 as openai/glow's x_to_uint8 did.
+openai/glow used Keras 2.2.0's ImageDataGenerator: dal 1 shifts by up to 10% of the side;
+dal 2 adds horizontal flips, rotation_range=15, zoom_range=0.1 and shear_range=0.02 (both
+angles in degrees in that Keras); mnist gets shifts only.  This module draws the same
+distributions (per image: shifts, rotation and shear uniform in +-range, row and column
+zoom independently uniform in [0.9, 1.1], a flip with probability 1/2) from its own
+RandomState, resamples bilinearly about the pixel centre ((H-1)/2, (W-1)/2), repeats the
+edge pixel outside the image (Keras' fill_mode='nearest') and floors to uint8 as
+openai/glow's x_to_uint8 did.
 """
 import collections
 
 import numpy as np
 
-from .errors import DataError
+from .common import DataError
 
 Augmentation = collections.namedtuple("Augmentation", "shift rotation zoom shear flip")
 Augmentation.__doc__ = """Ranges of the random transforms (see the module docstring).

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .augment import augment
-from .errors import DataError
+from .common import DataError, check_int
 from .prefetch import prefetched
 
 # Tags that give each random stream its own RandomState seed.
@@ -15,12 +15,6 @@ def _rng(*keys):
     return np.random.RandomState([int(k) for k in keys])
 
 
-def _check_count(value, what, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DataError("%s %r: must be an integer >= %d" % (what, value, low))
-    return int(value)
-
-
 class Data(object):
     """A problem's data for rank `rank` of `size` (see get_data).
 
@@ -30,34 +24,16 @@ class Data(object):
     location: the folder the files came from.
     """
 
-    def __init__(self, problem, train, test, n_y, image_shape, augmentation, seed, rank, size,
-                 location):
+    def __init__(self, problem, train, test, n_y, image_shape, augmentation, seed, rank, size, location):
         self.problem, self.n_y, self.image_shape = problem, n_y, tuple(image_shape)
         self._train, self._test = train, test
         self.n_train, self.n_test = train.n, test.n
         self.augmentation, self.location = augmentation, location
         self.seed, self.rank, self.size = seed, rank, size
 
-    def summary(self):
-        """A JSON-ready dict describing the data, for the config line of the logs."""
-        aug = self.augmentation._asdict() if self.augmentation else None
-        return {"problem": self.problem, "n_y": self.n_y, "image_shape": list(self.image_shape),
-                "n_train": self.n_train, "n_test": self.n_test, "augmentation": aug,
-                "location": self.location}
-
-    def train_steps(self, batch_size):
-        """Full batches per epoch on every rank (the same on all ranks)."""
-        batch_size = _check_count(batch_size, "batch_size")
-        return (self.n_train // self.size) // batch_size
-
     def test_range(self):
         """(start, stop): this rank's contiguous share of the test split."""
         return self.rank * self.n_test // self.size, (self.rank + 1) * self.n_test // self.size
-
-    def test_steps(self, batch_size):
-        """Batches test_batches(batch_size) yields on this rank (may differ by one across ranks)."""
-        start, stop = self.test_range()
-        return -(-(stop - start) // _check_count(batch_size, "batch_size"))
 
     def train_batches(self, batch_size, epoch):
         """Yield (x uint8 [B, H, W, C], y int32 [B]) full batches of one pass over this rank's
@@ -65,7 +41,7 @@ class Data(object):
         the remainder that does not fill a batch is dropped.  Batches are prepared by a
         background thread; closing the generator early stops it."""
         self._steps_per_pass(batch_size)
-        epoch = _check_count(epoch, "epoch", low=0)
+        epoch = check_int(epoch, "epoch", 0)
         return prefetched(lambda: self._pass(batch_size, epoch, 0))
 
     def train_stream(self, batch_size, first, count):
@@ -75,8 +51,8 @@ class Data(object):
         it is the same whatever stretch came before (a resumed run gets the batches it would
         have got).  openai/glow's epoch (--n_train images) is such a stretch, not a pass."""
         per_pass = self._steps_per_pass(batch_size)
-        first = _check_count(first, "first", low=0)
-        count = _check_count(count, "count", low=0)
+        first = check_int(first, "first", 0)
+        count = check_int(count, "count", 0)
 
         def produce():
             n_pass, skip = divmod(first, per_pass)
@@ -93,21 +69,21 @@ class Data(object):
         return prefetched(produce)
 
     def _steps_per_pass(self, batch_size):
-        n_steps = self.train_steps(batch_size)
+        """Full batches per pass over this rank's share, the same on every rank; DataError if none."""
+        n_steps = (self.n_train // self.size) // check_int(batch_size, "batch_size", 1)
         if n_steps == 0:
-            raise DataError("batch_size %d: larger than this rank's share of the training set "
-                            "(%d images = n_train %d / %d ranks)" % (
-                                batch_size, self.n_train // self.size, self.n_train, self.size))
+            raise DataError("batch_size %d: larger than this rank's share of the training set (%d images = "
+                            "n_train %d / %d ranks)" % (batch_size, self.n_train // self.size, self.n_train, self.size))
         return n_steps
 
     def _pass(self, batch_size, n_pass, skip):
         """Pass n_pass's batches, less its first `skip` (which are not augmented: each batch's
         augmentation has its own random stream, from (seed, pass, rank, batch))."""
-        n_steps = self.train_steps(batch_size)
+        n_steps = self._steps_per_pass(batch_size)
         start = self.rank * (self.n_train // self.size)
         order, rng = _rng(self.seed, n_pass, _ORDER), _rng(self.seed, n_pass, self.rank, _SHUFFLE)
-        batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size,
-                                       rng, self._window(batch_size))
+        window = max(4 * batch_size, _WINDOW_BYTES // int(np.prod(self.image_shape)))
+        batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size, rng, window)
         for i, (x, y) in enumerate(batches):
             if i >= skip:
                 yield self._finish(x, y, _rng(self.seed, n_pass, self.rank, _AUGMENT, i))
@@ -115,7 +91,7 @@ class Data(object):
     def test_batches(self, batch_size):
         """Yield (x, y) over this rank's share of the test set once, in order, not augmented;
         the last batch may be smaller.  The ranks' shares are disjoint and cover the set."""
-        batch_size = _check_count(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size", 1)
         start, stop = self.test_range()
 
         def produce():
@@ -126,18 +102,13 @@ class Data(object):
 
     def init_batch(self, n):
         """(x, y): n training images, augmented, for data-dependent init; fixed by seed and rank."""
-        n = _check_count(n, "init batch size")
+        n = check_int(n, "init batch size", 1)
         if n > self.n_train:
             raise DataError("init batch size %d (train.py's --n_batch_init at its image size): the training set "
                             "has only %d images" % (n, self.n_train))
-        order = _rng(self.seed, self.rank, _INIT_ORDER)
-        rng = _rng(self.seed, self.rank, _INIT_SHUFFLE)
+        order, rng = _rng(self.seed, self.rank, _INIT_ORDER), _rng(self.seed, self.rank, _INIT_SHUFFLE)
         x, y = next(iter(self._train.shuffled(order, 0, n, n, rng, n)))
         return self._finish(x, y, _rng(self.seed, self.rank, _INIT_AUGMENT))
-
-    def _window(self, batch_size):
-        image_bytes = int(np.prod(self.image_shape))
-        return max(4 * batch_size, _WINDOW_BYTES // image_bytes)
 
     def _finish(self, x, y, aug_rng):
         """Copy, augment (with aug_rng) and tile to the output channels."""

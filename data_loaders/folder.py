@@ -1,4 +1,4 @@
-"""A folder of PNG / JPEG images (problem 'folder').
+"""Format: a folder of PNG / JPEG images (problem 'folder'), found only at --data_dir.
 
 Classes: if the top level holds subfolders and no images, each subfolder is a
 class (n_y = number of subfolders, in sorted order); otherwise every image
@@ -13,11 +13,35 @@ import os
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from .common import DataError
+from .sources import ArraySource
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXPECTED = "*.png, *.jpg, *.jpeg (class subfolders optional)"
+SEARCHED, CHANNELS = False, None
 TEST_EVERY = 10
 _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
+
+
+def find(folder):
+    return folder if _images_below(folder) else None
+
+
+def lacks(folder):
+    return "no %s images below it" % "/".join(EXTENSIONS)
+
+
+def load(problem, found, image_size, n_channels):
+    """Every image read now, centre-cropped and resized (n_channels None means RGB)."""
+    train, test, names = _scan(found)
+    n_channels = n_channels or 3
+    sources = []
+    for items in (train, test):
+        x = np.zeros((len(items), image_size, image_size, n_channels), np.uint8)
+        for i, (path, _) in enumerate(items):
+            x[i] = _load_image(path, image_size, n_channels)
+        sources.append(ArraySource(x, np.array([label for _, label in items], np.int32)))
+    return sources[0], sources[1], max(len(names), 1)
 
 
 def _visible(folder):
@@ -43,10 +67,8 @@ def _classes(folder):
     return [("", _images_below(folder))]
 
 
-def scan(folder):
+def _scan(folder):
     """(train, test, class names); train and test are lists of (path, label)."""
-    if not os.path.isdir(folder):
-        raise DataError("--data_dir %s: no such folder" % folder)
     entries = _visible(folder)
     if sorted(entries) == ["test", "train"] and all(
             os.path.isdir(os.path.join(folder, e)) for e in entries):
@@ -72,7 +94,7 @@ def scan(folder):
     return train, test, names
 
 
-def load_image(path, image_size, n_channels):
+def _load_image(path, image_size, n_channels):
     """uint8 [image_size, image_size, n_channels] from one image file."""
     try:
         with Image.open(path) as image:
@@ -88,10 +110,3 @@ def load_image(path, image_size, n_channels):
         image = image.resize((image_size, image_size), _LANCZOS)
     return np.asarray(image, np.uint8).reshape(image_size, image_size, n_channels)
 
-
-def load(items, image_size, n_channels):
-    """(x uint8 [N, S, S, C], y int32 [N]) for a list of (path, label)."""
-    x = np.zeros((len(items), image_size, image_size, n_channels), np.uint8)
-    for i, (path, _) in enumerate(items):
-        x[i] = load_image(path, image_size, n_channels)
-    return x, np.array([label for _, label in items], np.int32)

@@ -1,9 +1,9 @@
-"""IDX files (LeCun et al.'s MNIST format, also Fashion-MNIST), raw or gzipped.
+"""Format: IDX files (LeCun et al.'s MNIST format, also Fashion-MNIST), raw or gzipped.
 
-Layout: a big-endian int32 magic (0x0803 = 2051 for uint8 images [N, rows,
-cols], 0x0801 = 2049 for uint8 labels [N]), one big-endian int32 per
-dimension, then the bytes.  The header is checked, and the byte count it
-implies is compared with what the file holds, before anything is allocated.
+Layout: a big-endian int32 magic (2051 for uint8 images [N, rows, cols], 2049 for
+uint8 labels [N]), one big-endian int32 per dimension, then the bytes.  The header
+is checked, and the byte count it implies compared with what the file holds, before
+anything is allocated.  The 28x28 images are zero-padded to 32x32, as openai/glow did.
 """
 import gzip
 import os
@@ -12,31 +12,62 @@ import zlib
 
 import numpy as np
 
-from .errors import DataError
+from .common import DataError, downsample, pool_factor
+from .sources import ArraySource
 
-IMAGES_MAGIC = 2051
-LABELS_MAGIC = 2049
-# No genuine MNIST-format file is near this; a header claiming more is corrupt.
-_MAX_BYTES = 1 << 32
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+EXPECTED = ", ".join(name + "[.gz]" for name in FILES)
+SEARCHED, CHANNELS = True, 1
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+_MAX_BYTES = 1 << 32  # no genuine MNIST-format file is near this; a header claiming more is corrupt
 _CHUNK = 1 << 24
 
 
-def read_idx(path, magic):
+def _path(folder, name):
+    """folder/name, else folder/name.gz, else None."""
+    hits = [p for p in (os.path.join(folder, name), os.path.join(folder, name + ".gz")) if os.path.isfile(p)]
+    return hits[0] if hits else None
+
+
+def find(folder):
+    paths = [_path(folder, name) for name in FILES]
+    return None if None in paths else paths
+
+
+def lacks(folder):
+    return "lacks " + ", ".join(name + "[.gz]" for name in FILES if _path(folder, name) is None)
+
+
+def load(problem, found, image_size, n_channels):
+    factor = pool_factor(problem.native, image_size, "problem %s" % problem.name)
+    splits = []
+    for images_path, labels_path in (found[:2], found[2:]):
+        x = _read(images_path, IMAGES_MAGIC)
+        y = _read(labels_path, LABELS_MAGIC)
+        if x.shape[1:] != (28, 28):
+            raise DataError("%s: images are %dx%d, expected 28x28" % (images_path, x.shape[1], x.shape[2]))
+        if len(x) != len(y):
+            raise DataError("%s has %d images but %s has %d labels" % (images_path, len(x), labels_path, len(y)))
+        if len(y) and y.max() >= problem.n_y:
+            raise DataError("%s: label %d out of range 0..%d" % (labels_path, y.max(), problem.n_y - 1))
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)), mode="constant")[..., None]  # [N, 32, 32, 1]
+        splits.append(ArraySource(downsample(x, factor), y.astype(np.int32)))
+    return splits[0], splits[1], problem.n_y
+
+
+def _read(path, magic):
     """The uint8 array stored in the IDX file `path`, whose magic must be `magic`."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            dims = _read_header(f, path, magic)
-            n_bytes = int(np.prod(dims, dtype=np.int64))
-            _check_size(path, dims, n_bytes)
-            data = _read_exactly(f, n_bytes, path, dims)
+            dims = _header(f, path, magic)
+            return np.frombuffer(_body(f, path, dims), np.uint8).reshape(dims)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError("%s: cannot read it (%s): the file is damaged or truncated; delete it "
                         "and fetch it again" % (path, exc)) from exc
-    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
-def _read_header(f, path, magic):
+def _header(f, path, magic):
     head = f.read(4)
     if len(head) < 4:
         raise DataError("%s: too short for an IDX header" % path)
@@ -51,43 +82,26 @@ def _read_header(f, path, magic):
     return struct.unpack(">%di" % n_dims, raw)
 
 
-def _check_size(path, dims, n_bytes):
-    """Reject impossible headers before reading: vs a hard cap, and vs the size of a raw file."""
+def _body(f, path, dims):
+    """The data bytes of the size the header `dims` implies.  Refused before reading:
+    a size past _MAX_BYTES, or unlike a raw file's size.  A gzip file's size says
+    nothing about its content, so it is read in chunks: memory grows only with
+    the bytes really present."""
+    n_bytes = int(np.prod(dims, dtype=np.int64))
+    shape = "x".join(map(str, dims))
     if min(dims) < 0 or n_bytes > _MAX_BYTES:
         raise DataError("%s: header claims dimensions %s (%d bytes), not a plausible "
-                        "MNIST-format file" % (path, "x".join(map(str, dims)), n_bytes))
-    if not path.endswith(".gz"):
-        held = os.path.getsize(path) - 4 * (1 + len(dims))
-        if held != n_bytes:
-            raise DataError("%s: header says %s = %d bytes of data, the file holds %d" % (
-                path, "x".join(map(str, dims)), n_bytes, held))
-
-
-def _read_exactly(f, n_bytes, path, dims):
-    """Read n_bytes in chunks (memory grows only with the data really present)."""
+                        "MNIST-format file" % (path, shape, n_bytes))
+    held = None if path.endswith(".gz") else os.path.getsize(path) - 4 * (1 + len(dims))
+    if held is not None and held != n_bytes:
+        raise DataError("%s: header says %s = %d bytes of data, the file holds %d" % (path, shape, n_bytes, held))
     data = bytearray()
     while len(data) < n_bytes:
         chunk = f.read(min(_CHUNK, n_bytes - len(data)))
         if not chunk:
             raise DataError("%s: header says %s = %d bytes of data, the file holds only %d "
-                            "(truncated)" % (path, "x".join(map(str, dims)), n_bytes, len(data)))
+                            "(truncated)" % (path, shape, n_bytes, len(data)))
         data += chunk
     if f.read(1):
-        raise DataError("%s: more data than its header (%s) describes" % (
-            path, "x".join(map(str, dims))))
+        raise DataError("%s: more data than its header (%s) describes" % (path, shape))
     return data
-
-
-def load_idx_pair(images_path, labels_path, n_classes=10, side=28):
-    """(images uint8 [N, side, side], labels int32 [N]) from one IDX image and label file."""
-    x = read_idx(images_path, IMAGES_MAGIC)
-    y = read_idx(labels_path, LABELS_MAGIC)
-    if x.shape[1:] != (side, side):
-        raise DataError("%s: images are %dx%d, expected %dx%d" % (
-            images_path, x.shape[1], x.shape[2], side, side))
-    if len(x) != len(y):
-        raise DataError("%s has %d images but %s has %d labels" % (
-            images_path, len(x), labels_path, len(y)))
-    if len(y) and y.max() >= n_classes:
-        raise DataError("%s: label %d out of range 0..%d" % (labels_path, y.max(), n_classes - 1))
-    return x, y.astype(np.int32)

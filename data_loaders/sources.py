@@ -53,13 +53,13 @@ class PartsSource(object):
         counts = self._limited_counts()
         pieces = _pieces(counts, order_rng.permutation(len(counts)), start, stop)
         chunks = (self.read(part, lo, hi, rng) for part, lo, hi in pieces)
-        return _window_shuffle(chunks, batch_size, rng, window)
+        return _batches(chunks, batch_size, rng, window)
 
     def ordered(self, start, stop, batch_size):
         counts = self._limited_counts()
         pieces = _pieces(counts, range(len(counts)), start, stop)
         chunks = (self.read(part, lo, hi, None) for part, lo, hi in pieces)
-        return _rebatch(chunks, batch_size)
+        return _batches(chunks, batch_size, None, 0)
 
 
 def _pieces(counts, order, start, stop):
@@ -73,31 +73,20 @@ def _pieces(counts, order, start, stop):
     return pieces
 
 
-def _window_shuffle(chunks, batch_size, rng, window):
-    """Full shuffled batches from a stream of (x, y) chunks, mixing ~window images at a time;
-    the final remainder that does not fill a batch is dropped."""
+def _batches(chunks, batch_size, rng, window):
+    """Batches of batch_size from a stream of (x, y) chunks.  With rng: full batches only,
+    shuffled ~window images at a time, the final remainder dropped.  Without: in order,
+    the last batch may be smaller."""
     xs, ys = [], []
     for x, y in chunks:
         xs.append(x)
         ys.append(y)
         if sum(len(c) for c in xs) >= window:
             batches, xs, ys = _full_batches(xs, ys, batch_size, rng)
-            for batch in batches:
-                yield batch
-    for batch in _full_batches(xs, ys, batch_size, rng)[0]:
-        yield batch
-
-
-def _rebatch(chunks, batch_size):
-    """Batches of batch_size (the last may be smaller) from a stream of (x, y) chunks, in order."""
-    xs, ys = [], []
-    for x, y in chunks:
-        xs.append(x)
-        ys.append(y)
-        batches, xs, ys = _full_batches(xs, ys, batch_size, None)
-        for batch in batches:
-            yield batch
-    if xs and len(xs[0]):
+            yield from batches
+    batches, xs, ys = _full_batches(xs, ys, batch_size, rng)
+    yield from batches
+    if rng is None and xs and len(xs[0]):
         yield xs[0], ys[0]
 
 

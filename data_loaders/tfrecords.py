@@ -1,4 +1,4 @@
-"""openai/glow's TFRecord data sets (imagenet-oord, imagenet, celeba, lsun_realnvp, lsun).
+"""Format: openai/glow's TFRecord data sets (imagenet-oord, imagenet, celeba, lsun_realnvp, lsun).
 
 Layout (openai/glow data_loaders/get_data.py and generate_tfr/):
   {data_dir}/train/train-rNN-s-SSSS-of-TTTT.tfrecords
@@ -18,22 +18,36 @@ import struct
 
 import numpy as np
 
-from .errors import DataError
-from .images import crop, downsample
+from .common import DataError, downsample, pool_factor
+from .sources import PartsSource
 
 SPLITS = ("train", "validation")
-EXPECTED = ["train/train-rNN-s-SSSS-of-TTTT.tfrecords",
-            "validation/validation-rNN-s-SSSS-of-TTTT.tfrecords"]
+EXPECTED = "train/train-rNN-s-SSSS-of-TTTT.tfrecords, validation/validation-rNN-s-SSSS-of-TTTT.tfrecords"
+SEARCHED, CHANNELS = True, 3
 _NAME = re.compile(r"^(train|validation)-r(\d+)-s-(\d+)-of-(\d+)\.tfrecords$")
 
 
 def find(folder):
     """folder itself if it has train/ and validation/ TFRecord shards, else None."""
+    if all(os.path.isdir(os.path.join(folder, split)) and _shards(os.path.join(folder, split), split)
+           for split in SPLITS):
+        return folder
+    return None
+
+
+def lacks(folder):
+    return "no train/ and validation/ TFRecord shards"
+
+
+def load(problem, found, image_size, n_channels):
+    """The shards at image_size, else the nearest larger size, average-pooled."""
+    sources = []
     for split in SPLITS:
-        split_dir = os.path.join(folder, split)
-        if not (os.path.isdir(split_dir) and _shards(split_dir, split)):
-            return None
-    return folder
+        paths, native = _shard_files(found, split, image_size)
+        factor = pool_factor(native, image_size, "%s TFRecords" % split)
+        read = _Reader(paths, native, factor, problem.n_y, crops=problem.name == "lsun_realnvp")
+        sources.append(PartsSource([_count_records(p) for p in paths], read))
+    return sources[0], sources[1], problem.n_y
 
 
 def _shards(split_dir, split):
@@ -47,7 +61,7 @@ def _shards(split_dir, split):
     return by_res
 
 
-def shard_files(folder, split, image_size):
+def _shard_files(folder, split, image_size):
     """(paths in shard order, native px): the files at image_size, else the nearest larger size."""
     split_dir = os.path.join(folder, split)
     by_res = _shards(split_dir, split)
@@ -69,7 +83,7 @@ def shard_files(folder, split, image_size):
     return [shards[i][1] for i in range(total)], 2 ** usable[0]
 
 
-def count_records(path):
+def _count_records(path):
     """Number of records in a TFRecord file, from its framing alone (no payload is read).
 
     Each record is: uint64 length, uint32 CRC of the length, payload, uint32 CRC.
@@ -91,13 +105,9 @@ def count_records(path):
     return n
 
 
-class TFRecordReader(object):
-    """read(part, lo, hi, rng) -> records lo..hi-1 of one file as (x [n, S, S, 3], y [n]).
-
-    native: px of the stored images (after the crop, for lsun_realnvp);
-    factor: average-pooling factor to image_size; n_y: labels must be in 0..n_y-1;
-    crops: True for lsun_realnvp (random crop with rng, centre crop without).
-    """
+class _Reader(object):
+    """read(part, lo, hi, rng) -> records lo..hi-1 of file `part` as (x [n, S, S, 3], y [n]): images
+    of native px (larger ones cropped if `crops`) pooled by `factor`, labels checked to be in 0..n_y-1."""
 
     def __init__(self, paths, native, factor, n_y, crops):
         self.paths, self.native, self.factor = paths, native, factor
@@ -107,21 +117,25 @@ class TFRecordReader(object):
         path = self.paths[part]
         images, labels = [], []
         for index, record in _records(path, lo, hi):
-            image, label = decode(record, "%s record %d" % (path, index), self.n_y)
+            image, label = _decode(record, "%s record %d" % (path, index), self.n_y)
             images.append(self._fit(image, path, index, rng))
             labels.append(label)
         x = np.stack(images) if images else np.zeros((0, self.native, self.native, 3), np.uint8)
         return downsample(x, self.factor), np.asarray(labels, np.int32)
 
     def _fit(self, image, path, index, rng):
-        h, w, _ = image.shape
-        s = self.native
+        """image as stored if it has native px, else (lsun_realnvp) its crop: random with rng, else centred."""
+        (h, w, _), s = image.shape, self.native
         if (h, w) == (s, s):
             return image
-        if self.crops and h >= s and w >= s:
-            return crop(image, s, rng)
-        raise DataError("%s record %d: image is %dx%d, the file name (r%02d) says %dx%d"
-                        % (path, index, h, w, int(np.log2(s)), s, s))
+        if not (self.crops and h >= s and w >= s):
+            raise DataError("%s record %d: image is %dx%d, the file name (r%02d) says %dx%d"
+                            % (path, index, h, w, int(np.log2(s)), s, s))
+        if rng is None:
+            top, left = (h - s) // 2, (w - s) // 2
+        else:
+            top, left = rng.randint(0, h - s + 1), rng.randint(0, w - s + 1)
+        return image[top:top + s, left:left + s]
 
 
 def _records(path, lo, hi):
@@ -137,7 +151,7 @@ def _records(path, lo, hi):
         raise DataError("%s: cannot read it (%s): the file is damaged" % (path, exc.message)) from exc
 
 
-def decode(record, where, n_y):
+def _decode(record, where, n_y):
     """(image uint8 [H, W, 3], label) from a serialized tf.train.Example."""
     import tensorflow.compat.v1 as tf
     from google.protobuf.message import DecodeError
@@ -156,16 +170,10 @@ def decode(record, where, n_y):
     if shape[0] * shape[1] * shape[2] != len(data[0]):
         raise DataError("%s: 'shape' %s needs %d bytes, 'data' has %d" % (
             where, shape, shape[0] * shape[1] * shape[2], len(data[0])))
-    image = np.frombuffer(data[0], np.uint8).reshape(shape)  # [H, W, 3]
-    return image, _label(feature, where, n_y)
-
-
-def _label(feature, where, n_y):
     values = list(feature["label"].int64_list.value) if "label" in feature else []
-    if not values:
-        if n_y == 1:
-            return 0
+    label = values[0] if values else 0 if n_y == 1 else None  # unlabeled problems may omit it
+    if label is None:
         raise DataError("%s: no 'label' (this problem has %d classes)" % (where, n_y))
-    if not 0 <= values[0] < n_y:
-        raise DataError("%s: label %d out of range 0..%d" % (where, values[0], n_y - 1))
-    return values[0]
+    if not 0 <= label < n_y:
+        raise DataError("%s: label %d out of range 0..%d" % (where, label, n_y - 1))
+    return np.frombuffer(data[0], np.uint8).reshape(shape), label  # [H, W, 3]

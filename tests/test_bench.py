@@ -1,7 +1,8 @@
-"""scripts/bench.py on its tiny config: it runs end to end in fresh worker
-processes, and its FLOP count from the graph equals the count from the
-architecture (so the utilisation figures rest on the right numerator).
-Speed itself is measured by the benchmark, never asserted here."""
+"""The benchmarks package on tiny configs: each tool runs end to end and
+reports every figure it promises, and bench's FLOP count from the graph
+equals the count from the architecture (so the utilisation figures rest on
+the right numerator). Speed itself is measured by the benchmarks, never
+asserted here."""
 import json
 import os
 import subprocess
@@ -10,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from benchmarks import bench, common
 
-import bench  # noqa: E402
+ROOT = common.ROOT
 
 
 def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, **_):
@@ -46,19 +46,19 @@ def glow_forward_flops(image_shape, n_levels, depth, width, coupling, learntop, 
 
 def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--configs", "tiny",
-           "--modes", "none,invertible", "--steps", "1", "--warmup", "1", "--eval_steps", "1",
-           "--sample_steps", "1", "--out", str(out)]
+    cmd = common.module_command("bench", "--configs", "tiny", "--modes", "none,invertible", "--steps", "1",
+                                "--warmup", "1", "--eval_steps", "1", "--sample_steps", "1", "--out", str(out))
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
     report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m benchmarks.bench --configs tiny")
     plain, inv = report["results"]
     assert "error" not in plain and "error" not in inv, report["results"]
     assert (plain["mode"], inv["mode"]) == ("none", "invertible")
 
     # The zero convs' edge part is a conv of a constant [1, H, W, 1] image:
     # computed once per batch (not per image), and it needs no input gradient.
-    batch = bench.CONFIGS["tiny"]["batch"]
-    total, edge = glow_forward_flops(**bench.CONFIGS["tiny"])
+    batch = common.CONFIGS["tiny"]["batch"]
+    total, edge = glow_forward_flops(**common.CONFIGS["tiny"])
     forward = total - edge + edge // batch
     assert plain["forward_flops_per_image"] == forward == inv["forward_flops_per_image"]
     # Plain backprop runs each conv three times (forward, input and filter
@@ -68,7 +68,7 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
     # input): the flow's forward FLOPs (not the split priors, outside the
     # flow) plus its 1x1 convs once more.
     assert plain["executed_flops_per_image"] == 3 * (total - edge) + 2 * edge // batch
-    cfg = bench.CONFIGS["tiny"]
+    cfg = common.CONFIGS["tiny"]
     total0, edge0 = glow_forward_flops(**dict(cfg, depth=0))
     flow = forward - (total0 - edge0 + edge0 // batch)
     side, n_c = cfg["image_shape"][0] // 2, cfg["image_shape"][2] * 4
@@ -99,70 +99,36 @@ def test_tiny_benchmark_runs_and_counts_flops(tmp_path):
 
 
 def test_bad_arguments_name_the_value():
+    """Also run by path (python benchmarks/bench.py), which re-runs it as the module."""
     for argv, text in ((["--configs", "huge"], "unknown config 'huge'"),
                        (["--modes", "fast"], "unknown mode 'fast'"),
-                       (["--set", "colour=1"], "--set colour=1")):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py")] + argv,
+                       (["--set", "colour=1"], "--set colour=1: expected KEY=VALUE"),
+                       (["--set", "depth=deep"], "--set depth=deep: depth takes an integer")):
+        proc = subprocess.run([sys.executable, os.path.join("benchmarks", "bench.py")] + argv,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         assert proc.returncode == 2 and text in proc.stderr.decode(), proc.stderr.decode()
 
 
-def _edge_padded(x, filter_size):
-    """openai/glow's add_edge_pad: zeros around x [B, H, W, C] for a 'VALID'
-    conv, and a channel that is 1 on them and 0 inside (none for 1x1)."""
-    import numpy as np
-    import tensorflow.compat.v1 as tf
-
-    a, b = (filter_size[0] - 1) // 2, (filter_size[1] - 1) // 2
-    if a == b == 0:
-        return x
-    n, h, w = [int(d) for d in x.get_shape()[:3]]
-    indicator = np.ones([n, h + 2 * a, w + 2 * b, 1])
-    indicator[:, a:a + h, b:b + w] = 0.0
-    return tf.concat([tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]]), tf.constant(indicator)], axis=3)
+def test_overrides_are_typed_as_the_configs_values():
+    overrides = common.parse_overrides(["depth=3", "image_shape=16x16x3", "loop_steps=1", "coupling=additive"])
+    assert overrides == dict(depth=3, image_shape=[16, 16, 3], loop_steps=True, coupling="additive")
+    values = common.config_values("tiny", overrides)
+    assert values["depth"] == 3 and values["width"] == common.CONFIGS["tiny"]["width"]
+    assert common.CONFIGS["tiny"]["depth"] == 2  # the named config is not changed
+    with pytest.raises(ValueError, match="loop_steps=maybe: loop_steps takes 0 or 1"):
+        common.parse_overrides(["loop_steps=maybe"])
 
 
-def test_fast_convolutions_compute_openai_glows_layers():
-    """The speed-ups in tfops (actnorm folded into the conv, convs as
-    matmuls, the edge channel as a constant map) leave each layer the
-    function openai/glow defined: edge-padded 'VALID' conv, then actnorm
-    (conv2d) or bias and exp(3 logs) scale (conv2d_zeros). float64."""
-    import numpy as np
-    import tensorflow.compat.v1 as tf
-
-    import tfops
-
-    rng = np.random.RandomState(0)
-    for filter_size in ((3, 3), (1, 1), (3, 5)):
-        with tf.Graph().as_default():
-            x = tf.constant(rng.randn(2, 6, 5, 3))
-            with tf.variable_scope("t", use_resource=True):
-                ours = [tfops.conv2d("c", x, 7, filter_size), tfops.conv2d_zeros("z", x, 4, filter_size)]
-            var = {v.op.name[2:]: v for v in tf.global_variables()}
-            padded = _edge_padded(x, filter_size)
-            conv = tf.nn.conv2d(padded, var["c/W"], [1, 1, 1, 1], "VALID")
-            ref = [(conv + var["c/actnorm/b"]) * tf.exp(3.0 * var["c/actnorm/logs"]),
-                   (tf.nn.conv2d(padded, var["z/W"], [1, 1, 1, 1], "VALID") + var["z/b"])
-                   * tf.exp(3.0 * var["z/logs"])]
-            with tf.Session() as sess:
-                for v in var.values():
-                    v.load(rng.randn(*v.get_shape().as_list()) * 0.3, sess)
-                ours_v, ref_v = sess.run([ours, ref])
-        for a, b in zip(ours_v, ref_v):
-            assert a.shape == b.shape
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-def _json_line(script, *args, env=None):
-    """The JSON line a diagnostic script prints (its last line of stdout)."""
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", script)] + list(args)
+def _json_line(module, *args, env=None):
+    """The JSON line a diagnostic tool prints (its last line of stdout)."""
+    cmd = common.module_command(module, *args)
     done = subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=900,
                           env=dict(os.environ, **(env or {})))
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
 def test_graph_memory_counts_the_chain_and_every_stage():
-    report = _json_line("graph_memory.py", "--n_links", "20")
+    report = _json_line("graph_memory", "--n_links", "20")
     # 20 links of variable, multiply, add and ReLU, then their gradients.
     assert report["n_ops"] > 20 * 8
     stages = ["forward_built", "initialisers_run", "forward_run", "gradients_built", "gradients_run"]
@@ -172,7 +138,7 @@ def test_graph_memory_counts_the_chain_and_every_stage():
 
 
 def test_memory_stages_reports_each_stage_and_the_ops():
-    report = _json_line("memory_stages.py", "--depth", "1", "--batch", "2", "--mode", "invertible")
+    report = _json_line("memory_stages", "--depth", "1", "--batch", "2", "--mode", "invertible")
     assert (report["depth"], report["batch"], report["mode"]) == (1, 2, "invertible")
     assert list(report["rss_mib_peak_current"]) == ["imports", "graph_built", "after_init", "after_step_1",
                                                     "after_step_2"]
@@ -188,14 +154,14 @@ def test_memory_stages_reports_each_stage_and_the_ops():
 
 
 def test_memory_stages_build_only_with_loop_steps():
-    report = _json_line("memory_stages.py", "--depth", "2", "--batch", "2", "--loop_steps", "--build_only")
+    report = _json_line("memory_stages", "--depth", "2", "--batch", "2", "--loop_steps", "--build_only")
     assert report["loop_steps"] is True
     assert list(report["rss_mib_peak_current"]) == ["imports", "graph_built"]
     assert report["n_ops"] > 1000 and "gradients" in dict(report["ops_by_scope"])
 
 
 def test_memory_trace_reports_each_run():
-    report = _json_line("memory_trace.py", "--depth", "1", "--batch", "2", "--steps", "2", "--loop_steps",
+    report = _json_line("memory_trace", "--depth", "1", "--batch", "2", "--steps", "2", "--loop_steps",
                         env={"TF_CPU_ALLOCATOR_USE_BFC": "true"})
     runs = report["in_use_mib"]
     assert list(runs) == ["global_init", "init_pass", "polyak_seed", "step_1", "step_2"]
@@ -216,7 +182,7 @@ def test_ab_steps_times_both_checkouts_in_turn(tmp_path):
     """Both sides serve timed steps in alternating order and the ratio is
     their median; a directory that is not a checkout is refused by name."""
     out = tmp_path / "ab.json"
-    report = _json_line("ab_steps.py", "--before", ROOT, "--configs", "tiny", "--rounds", "3", "--warmup", "1",
+    report = _json_line("ab_steps", "--before", ROOT, "--configs", "tiny", "--rounds", "3", "--warmup", "1",
                         "--before_mode", "none", "--mode", "invertible", "--out", str(out))
     assert report == json.loads(out.read_text())
     assert report["batch"] == 4 and report["rounds"] == 3
@@ -228,7 +194,7 @@ def test_ab_steps_times_both_checkouts_in_turn(tmp_path):
     lo, hi = report["after_over_before_quartiles"]
     assert lo <= report["after_over_before_median"] <= hi
 
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ab_steps.py"), "--before", str(tmp_path)],
+    proc = subprocess.run(common.module_command("ab_steps", "--before", str(tmp_path)),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     assert proc.returncode == 2 and "%s: not a checkout" % tmp_path in proc.stderr.decode()
 

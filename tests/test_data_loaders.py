@@ -1,6 +1,7 @@
 """Tests of data_loaders: every file format written small in its official layout and read
 back pixel-exact, every bad input refused with a message naming it, sharding, determinism,
 the prefetch thread, verified downloads, and the real Fashion-MNIST when installed."""
+import codecs
 import gzip
 import hashlib
 import io
@@ -17,7 +18,6 @@ from PIL import Image
 import data_loaders
 from data_loaders import DataError, get_data
 from data_loaders import augment as augment_mod
-from data_loaders import download as download_mod
 from data_loaders import locate as locate_mod
 from data_loaders.prefetch import THREAD_NAME
 
@@ -251,14 +251,30 @@ def test_cifar_layouts_pixel_exact(isolated, layout, packed, protocol):
         write_tar(folder / ("cifar-10-%s.tar.gz" % layout), files)
     else:
         write_files(folder, files)
-    data = get_data("cifar10", data_dir=str(folder), dal=0)
+    assert_cifar_read_back(get_data("cifar10", data_dir=str(folder), dal=0), arrays)
+
+
+def assert_cifar_read_back(data, arrays):
     assert (data.n_train, data.n_test, data.image_shape) == (20, 4, (32, 32, 3))
     x, y = all_batches(data.test_batches(3))
     np.testing.assert_array_equal(x, chw_to_hwc(arrays[5][0]))
     np.testing.assert_array_equal(y, arrays[5][1])
     x, y = all_batches(data.train_batches(5, epoch=2))
-    want = np.concatenate([chw_to_hwc(d) for d, _ in arrays[:5]])
-    assert rows(x) == rows(want)
+    assert rows(x) == rows(np.concatenate([chw_to_hwc(d) for d, _ in arrays[:5]]))
+
+
+@pytest.mark.parametrize("str_keys", [False, True])
+def test_cifar_batch_repickled_by_python3_at_protocol_2(isolated, str_keys):
+    """Python 3 pickles bytes (an array's data) at protocol 2 as _codecs.encode(text, 'latin1')."""
+    arrays = cifar_arrays()
+    folder = isolated / "c" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, (d, lab) in zip(CIFAR_BATCHES, arrays):
+        batch = {b"batch_label": name.encode(), b"data": d, b"labels": [int(v) for v in lab]}
+        with open(str(folder / name), "wb") as f:
+            pickle.dump({k.decode(): v for k, v in batch.items()} if str_keys else batch, f, protocol=2)
+    assert b"c_codecs\nencode\n" in (folder / "test_batch").read_bytes()
+    assert_cifar_read_back(get_data("cifar10", data_dir=str(isolated / "c"), dal=0), arrays)
 
 
 class _Hostile(object):
@@ -269,11 +285,13 @@ class _Hostile(object):
         return self.fn, self.args
 
 
-@pytest.mark.parametrize("how", ["system", "open"])
+@pytest.mark.parametrize("how", ["system", "open", "eval", "encode"])
 def test_cifar_hostile_pickle_is_refused_and_runs_nothing(isolated, how):
     target = isolated / "pwned"
-    payload = (_Hostile(os.system, ("touch %s" % target,)) if how == "system"
-               else _Hostile(open, (str(target), "w")))
+    payload = {"system": _Hostile(os.system, ("touch %s" % target,)),
+               "open": _Hostile(open, (str(target), "w")),
+               "eval": _Hostile(eval, ("open(%r, 'w')" % str(target),)),
+               "encode": _Hostile(codecs.encode, (str(target), "rot13"))}[how]
     files = cifar_files("python", cifar_arrays())
     files["cifar-10-batches-py/data_batch_3"] = pickle.dumps(
         {b"data": payload, b"labels": []}, protocol=4)
@@ -281,7 +299,10 @@ def test_cifar_hostile_pickle_is_refused_and_runs_nothing(isolated, how):
     with pytest.raises(DataError) as err:
         get_data("cifar10", data_dir=str(isolated / "c"))
     msg = str(err.value)
-    assert "data_batch_3: refused the pickle global" in msg and how in msg
+    if how == "encode":  # allowed global, but only to turn text into bytes as latin-1
+        assert "data_batch_3: the pickle calls _codecs.encode on str with 'rot13'" in msg
+    else:
+        assert "data_batch_3: refused the pickle global" in msg and how in msg
     assert not target.exists()
 
 
@@ -536,6 +557,11 @@ def test_folder_corrupt_image_is_named(isolated):
         get_data("folder", data_dir=str(isolated / "f"), image_size=8)
     with pytest.raises(DataError, match="image_size: required for problem folder"):
         get_data("folder", data_dir=str(isolated / "f"))
+    with pytest.raises(DataError, match="problem folder: needs --data_dir"):
+        get_data("folder", image_size=8)
+    (isolated / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match="empty: no .png/.jpg/.jpeg images below it; problem folder expects"):
+        get_data("folder", data_dir=str(isolated / "empty"), image_size=8)
 
 
 # ---------------------------------------------------------------- sharding, order, prefetch
@@ -575,8 +601,8 @@ def test_train_stream_runs_across_passes_and_resumes_exactly(isolated):
     same batches as that part of the whole stream, augmentation included."""
     write_idx_dir(isolated / "m", n_train=50)
     d = get_data("mnist", data_dir=str(isolated / "m"), seed=4, dal=1, rank=1, size=2)
-    per_pass = d.train_steps(4)  # 25 images per rank: 6 batches, 1 image dropped
-    assert per_pass == 6
+    per_pass = 6  # 25 images per rank: 6 batches, 1 image dropped
+    assert len(list(d.train_batches(4, epoch=1))) == per_pass
     whole = list(d.train_stream(4, 0, 3 * per_pass + 2))
     assert len(whole) == 3 * per_pass + 2
     for n_pass in (1, 2, 3):  # the stream is the passes end to end
@@ -696,7 +722,7 @@ def test_bad_arguments(isolated, kwargs, message):
 def test_batch_larger_than_rank_share(isolated):
     write_idx_dir(isolated / "m")
     data = get_data("mnist", data_dir=str(isolated / "m"), size=4, rank=3, n_train=30)
-    assert data.n_train == 30 and data.train_steps(7) == 1
+    assert data.n_train == 30 and len(list(data.train_batches(7, epoch=0))) == 1
     with pytest.raises(DataError, match=r"batch_size 8: larger than this rank's share .*7 images"):
         data.train_batches(8, epoch=0)
 
@@ -729,15 +755,15 @@ def local_mirror(tmp, problem_files):
     remotes = []
     for path in problem_files:
         blob = path.read_bytes()
-        remotes.append(download_mod.Remote(path.name, ("file://" + str(path),), len(blob),
-                                           hashlib.sha256(blob).hexdigest()))
+        remotes.append(locate_mod.Remote(path.name, ("file://" + str(path),), len(blob),
+                                         hashlib.sha256(blob).hexdigest()))
     return tuple(remotes)
 
 
 def test_download_from_file_url_is_verified_and_used(isolated, monkeypatch):
     write_idx_dir(isolated / "mirror", n_train=8)
     files = sorted((isolated / "mirror").iterdir())
-    monkeypatch.setitem(download_mod.DOWNLOADS, "mnist", local_mirror(isolated, files))
+    monkeypatch.setitem(locate_mod.DOWNLOADS, "mnist", local_mirror(isolated, files))
     cache = isolated / "cache"
     data = get_data("mnist", cache_dir=str(cache))
     assert data.n_train == 8 and data.location == str(cache)
@@ -745,8 +771,8 @@ def test_download_from_file_url_is_verified_and_used(isolated, monkeypatch):
 
 
 def test_failed_download_is_reported_with_everything_else(isolated, monkeypatch):
-    gone = download_mod.Remote("train-images-idx3-ubyte.gz", ("file:///nonexistent/x.gz",), 10, "0" * 64)
-    monkeypatch.setitem(download_mod.DOWNLOADS, "mnist", (gone,))
+    gone = locate_mod.Remote("train-images-idx3-ubyte.gz", ("file:///nonexistent/x.gz",), 10, "0" * 64)
+    monkeypatch.setitem(locate_mod.DOWNLOADS, "mnist", (gone,))
     with pytest.raises(DataError) as err:
         get_data("mnist", cache_dir=str(isolated / "cache"))
     msg = str(err.value)
@@ -764,28 +790,36 @@ class FakeResponse(io.BytesIO):
     (b"a" * 5000000, "got [0-9]+ bytes, the published size is 100"),
 ], ids=["short", "wrong-bytes", "too-long"])
 def test_bad_download_is_rejected_and_deleted(tmp_path, served, message):
-    remote = download_mod.Remote("f.gz", ("https://example.invalid/f.gz",), 100,
-                                 hashlib.sha256(b"a" * 100).hexdigest())
+    remote = locate_mod.Remote("f.gz", ("https://example.invalid/f.gz",), 100,
+                               hashlib.sha256(b"a" * 100).hexdigest())
     with pytest.raises(DataError, match=message):
-        download_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(served))
+        locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(served))
     assert os.listdir(str(tmp_path)) == []
-    path = download_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"a" * 100))
+    path = locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"a" * 100))
     assert os.listdir(str(tmp_path)) == ["f.gz"] and open(path, "rb").read() == b"a" * 100
 
 
 def test_plain_http_is_refused(tmp_path):
-    remote = download_mod.Remote("f", ("http://example.invalid/f",), 1, "0" * 64)
+    remote = locate_mod.Remote("f", ("http://example.invalid/f",), 1, "0" * 64)
     with pytest.raises(DataError, match="refusing to download over 'http'"):
-        download_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"x"))
+        locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"x"))
 
 
 def test_download_table_is_complete():
     for problem in ("mnist", "fashion-mnist", "cifar10"):
-        for remote in download_mod.DOWNLOADS[problem]:
+        for remote in locate_mod.DOWNLOADS[problem]:
             assert all(u.startswith("https://") for u in remote.urls)
             assert remote.size > 0 and len(remote.sha256) == 64
     assert set(data_loaders.PROBLEMS) >= {"mnist", "cifar10", "imagenet-oord", "imagenet",
                                           "celeba", "lsun_realnvp", "lsun", "folder"}
+
+
+def test_every_format_in_the_registry_has_its_names_and_finds_nothing_in_an_empty_folder(tmp_path):
+    for spec in data_loaders.REGISTRY.values():
+        fmt = spec.fmt
+        assert isinstance(fmt.EXPECTED, str) and isinstance(fmt.SEARCHED, bool) and fmt.CHANNELS in (1, 3, None)
+        assert fmt.find(str(tmp_path)) is None and fmt.lacks(str(tmp_path)), spec.name
+        assert callable(fmt.load)
 
 
 # ---------------------------------------------------------------- the real Fashion-MNIST

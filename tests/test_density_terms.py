@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import looped
 import model as glow_model
 import optim
 from flowcheck import randomize_variables
@@ -29,7 +30,8 @@ def build(cfg, loop_steps=False):
     """The run's Glow in float64, after data-dependent init and random weights,
     in a new graph: (glow, session, rng)."""
     keys = ("n_levels", "depth", "width", "permutation", "coupling", "learntop", "ycond", "n_y", "n_bits_x")
-    glow = glow_model.Glow(IMAGE, dtype=tf.float64, loop_steps=loop_steps, **dict((k, cfg[k]) for k in keys))
+    run_steps = looped.runner() if loop_steps else glow_model.unrolled
+    glow = glow_model.Glow(IMAGE, dtype=tf.float64, run_steps=run_steps, **dict((k, cfg[k]) for k in keys))
     rng = np.random.RandomState(0)
     tf.set_random_seed(0)
     init = glow.init_op(tf.constant(rng.randint(0, 256, (16,) + IMAGE).astype(np.uint8)),
@@ -92,7 +94,7 @@ def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
     cfg = run_config("invconv_lu", "affine", learntop=True, ycond=True)
     with tf.Graph().as_default():
         glow, init, rng = build(cfg, loop_steps=True)
-        ema = optim.polyak(tf.trainable_variables(), 0.9)  # its slots' names are the checkpoint keys
+        ema = optim.Polyak(tf.trainable_variables(), 0.9)  # its slots' names are the checkpoint keys
         x_u8, noise, y, objectives = tf_objectives(glow, (None, ema.getter(True)))
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -53,14 +54,20 @@ def test_static_shapes_pad_short_batches():
 
 
 def test_loss_scale_dynamic_and_fixed():
-    fixed = config.LossScale("128")
-    assert fixed.value == 128.0 and fixed.update(False) is False
-    dyn = config.LossScale("dynamic", period=3)
-    assert dyn.value == 2.0 ** 15
-    assert dyn.update(False) is True and dyn.value == 2.0 ** 14
+    state = types.SimpleNamespace(loss_scale=None)  # stands in for the run state
+    fixed = trainer_lib.LossScale("128")
+    fixed.start(state, restored=False)
+    assert state.loss_scale == 128.0 and fixed.update(state, False) is False and state.loss_scale == 128.0
+    dyn = trainer_lib.LossScale("dynamic", period=3)
+    dyn.start(state, restored=False)
+    assert state.loss_scale == 2.0 ** 15
+    assert dyn.update(state, False) is True and state.loss_scale == 2.0 ** 14
     for _ in range(3):
-        assert dyn.update(True) is False
-    assert dyn.value == 2.0 ** 15
+        assert dyn.update(state, True) is False
+    assert state.loss_scale == 2.0 ** 15
+    state.loss_scale = 2.0 ** 10
+    dyn.start(state, restored=True)  # a resumed run keeps its saved scale
+    assert state.loss_scale == 2.0 ** 10
     with pytest.raises(ValueError, match="--loss_scale 'huge'"):
         _cfg("--loss_scale", "huge")
 

@@ -314,6 +314,23 @@ def test_none_backend_is_one_process_and_its_ops_change_nothing():
 
 # ---------------------------------------------------------------- horovod wiring
 
+def run_collectives(backend):
+    """Means of [2, 4] (as a list with None, and alone) and the values of
+    v = [1, 2] and w = 10 after broadcast_variables([v, w])."""
+    with tf.Graph().as_default():
+        g = tf.constant([2.0, 4.0])
+        mean, none = backend.allreduce_mean([g, None])
+        assert none is None
+        means = [mean, backend.allreduce_mean(g)]
+        v, w = tf.Variable([1.0, 2.0]), tf.Variable(10.0)
+        bcast = backend.broadcast_variables([v, w], root=0)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            got = sess.run(means)
+            sess.run(bcast)
+            return got, sess.run([v, w])
+
+
 def test_horovod_averages_once_and_broadcast_assigns(monkeypatch, clean_env):
     calls = install_fake_horovod(monkeypatch, rank=1, size=2, local_rank=1)
     backend = runtime.make_backend("horovod", "gpu")
@@ -321,21 +338,12 @@ def test_horovod_averages_once_and_broadcast_assigns(monkeypatch, clean_env):
     assert (backend.rank(), backend.size(), backend.local_rank()) == (1, 2, 1)
     assert not backend.is_chief()
     assert len({backend.rank_seed(s) for s in range(3)}) == 3 and backend.rank_seed(3) == 7
-    with tf.Graph().as_default():
-        g = tf.constant([2.0, 4.0])
-        mean, none = backend.allreduce_mean([g, None])
-        v = tf.Variable([1.0, 2.0])
-        w = tf.Variable(10.0)
-        bcast = backend.broadcast_variables([v, w], root=0)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            # The fake allreduce is x * 1 with op=Average: any extra division shows.
-            np.testing.assert_allclose(sess.run(mean), [2.0, 4.0])
-            sess.run(bcast)
-            np.testing.assert_allclose(sess.run(v), [2.0, 3.0])
-            assert sess.run(w) == 11.0
-    assert none is None
-    assert calls[1:] == [("allreduce", "Average"), ("broadcast", 0), ("broadcast", 0)]
+    means, (v, w) = run_collectives(backend)
+    # The fake allreduce is x * 1 with op=Average: any extra division shows.
+    np.testing.assert_allclose(means, [[2.0, 4.0]] * 2)
+    np.testing.assert_allclose(v, [2.0, 3.0])
+    assert w == 11.0
+    assert calls[1:] == [("allreduce", "Average")] * 2 + [("broadcast", 0)] * 2
     backend.close()
     assert calls[-1] == ("shutdown",)
 
@@ -346,20 +354,12 @@ def test_hccl_sums_then_divides_once_and_broadcast_assigns(monkeypatch, hccl_env
     calls = install_fake_npu_bridge(monkeypatch)
     backend = runtime.make_backend("hccl", "npu")
     assert (backend.rank(), backend.size(), backend.local_rank()) == (1, 2, 1)
-    with tf.Graph().as_default():
-        g = tf.constant([2.0, 4.0])
-        mean = backend.allreduce_mean(g)
-        v = tf.Variable([1.0, 2.0])
-        w = tf.Variable(10.0)
-        bcast = backend.broadcast_variables([v, w])
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            # The fake allreduce sums one replica (x * 1): the mean is x / size.
-            np.testing.assert_allclose(sess.run(mean), [1.0, 2.0])
-            sess.run(bcast)
-            np.testing.assert_allclose(sess.run(v), [2.0, 3.0])
-            assert sess.run(w) == 11.0
-    assert calls == [("allreduce", "sum"), ("broadcast", 2, 0)]
+    means, (v, w) = run_collectives(backend)
+    # The fake allreduce sums one replica (x * 1): the mean is x / size.
+    np.testing.assert_allclose(means, [[1.0, 2.0]] * 2)
+    np.testing.assert_allclose(v, [2.0, 3.0])
+    assert w == 11.0
+    assert calls == [("allreduce", "sum")] * 2 + [("broadcast", 2, 0)]
 
 
 # ---------------------------------------------------------------- make_session

@@ -2,17 +2,25 @@
 log-dets that cancel, and a log-det equal to slogdet of the true Jacobian."""
 import functools
 import gc
+import types
 import weakref
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import model as glow_model
 import tfops
 from flowcheck import jacobian_rows, randomize_variables, slogdet
 
 SHAPE = [4, 4, 4]  # H, W, C of one example: D = 64
 D = int(np.prod(SHAPE))
+
+def _coupling(kind, name, z, logdet, reverse=False):
+    """A flow step's coupling (model.FlowStep.coupling) of `kind`, network width 8."""
+    hps = types.SimpleNamespace(coupling=kind, width=8, kernels="plain", permutation="invconv")
+    return glow_model.FlowStep(hps, name, tfops.int_shape(z)[3]).coupling(z, logdet, reverse)
+
 
 OPS = {
     "actnorm": tfops.actnorm,
@@ -20,8 +28,8 @@ OPS = {
     "shuffle": tfops.shuffle_features,
     "invconv": tfops.invconv,
     "invconv_lu": tfops.invconv_lu,
-    "additive": functools.partial(tfops.additive_coupling, width=8),
-    "affine": functools.partial(tfops.affine_coupling, width=8),
+    "additive": functools.partial(_coupling, "additive"),
+    "affine": functools.partial(_coupling, "affine"),
 }
 
 
@@ -114,9 +122,9 @@ def test_split_reverse_with_given_eps_is_exact():
     with tf.Graph().as_default():
         x = tf.constant(x0)
         with tf.variable_scope("t", reuse=tf.AUTO_REUSE, use_resource=True):
-            z1, objective, eps = tfops.split2d("pool", x, tf.zeros([3], tf.float64))
-            back = tfops.split2d_reverse("pool", z1, eps=eps)
-            drawn = tfops.split2d_reverse("pool", z1, temperature=0.0)
+            z1, objective, eps = tfops.split2d("pool", x, tf.zeros([3], tf.float64), kernels="plain")
+            back = tfops.split2d_reverse("pool", z1, eps=eps, kernels="plain")
+            drawn = tfops.split2d_reverse("pool", z1, temperature=0.0, kernels="plain")
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             randomize_variables(sess, rng, scale=0.3)

@@ -1,8 +1,21 @@
-"""Pixel operations on uint8 image batches [N, H, W, C]: size checks, padding,
-average-pool downsampling and centre / random crops."""
+"""What every part of data_loaders shares: the one exception type, argument checks, and
+average-pool downsampling of uint8 image batches [N, H, W, C]."""
 import numpy as np
 
-from .errors import DataError
+
+class DataError(ValueError):
+    """A data set is missing, malformed, unsafe, or asked for with bad arguments.
+
+    The message names the bad value or file and says what would be accepted,
+    so the training program can print it as is (no TensorFlow traceback).
+    """
+
+
+def check_int(value, what, low):
+    """int(value), or DataError unless value is an integer (not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DataError("%s %r: must be an integer >= %d" % (what, value, low))
+    return int(value)
 
 
 def is_power_of_two(n):
@@ -10,7 +23,7 @@ def is_power_of_two(n):
 
 
 def check_image_size(image_size):
-    """Raise DataError unless image_size is a positive power of two."""
+    """int(image_size), or DataError unless it is a positive power of two."""
     ok = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
     if not ok or not is_power_of_two(int(image_size)):
         raise DataError("image_size %r: must be a power of two (e.g. 32)" % (image_size,))
@@ -41,19 +54,3 @@ def downsample(x, factor):
     blocks = x.reshape(n, h // factor, factor, w // factor, factor, c)  # [N, H/f, f, W/f, f, C]
     sums = blocks.sum(axis=(2, 4), dtype=np.int64)  # [N, H/f, W/f, C]
     return (sums // (factor * factor)).astype(np.uint8)
-
-
-def pad_28_to_32(x):
-    """Zero-pad MNIST-style x [N, 28, 28] by 2 pixels each side -> [N, 32, 32, 1], as openai/glow."""
-    x = np.pad(x, ((0, 0), (2, 2), (2, 2)), mode="constant")  # [N, 32, 32]
-    return x[..., None]  # [N, 32, 32, 1]
-
-
-def crop(image, size, rng=None):
-    """Crop a [H, W, C] image to [size, size, C]: at random with rng, else centred."""
-    h, w = image.shape[:2]
-    if rng is None:
-        top, left = (h - size) // 2, (w - size) // 2
-    else:
-        top, left = rng.randint(0, h - size + 1), rng.randint(0, w - size + 1)
-    return image[top:top + size, left:left + size]

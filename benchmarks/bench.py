@@ -2,25 +2,25 @@
 """Speed and memory of Glow training, evaluation and sampling, with figures
 that survive a noisy machine.
 
-    python scripts/bench.py --configs small --modes none,recompute,invertible \\
+    python -m benchmarks.bench --configs small --modes none,recompute,invertible \\
         --xla 0,1 --out bench-small.json
 
 Each (config, checkpointing mode, XLA) combination runs in a fresh Python
 process (so peak memory figures do not mix) that builds the real training
-graph (trainer.Trainer, as train.py does: Adamax, Polyak average, finite
-checks, evaluation and sampling graphs on the same weights), feeds one fixed
-batch (synthetic uniform uint8 noise by default, or the first training images
-of --problem), and measures:
+graph (as train.py does: Adamax, Polyak average, finite checks, evaluation
+and sampling graphs on the same weights), feeds one fixed batch of uniform
+uint8 noise (a step's work does not depend on the pixel values), and
+measures:
 
   train/eval/sample images/s  after warm-up steps, over --steps timed steps;
-  peak RSS                    ru_maxrss of the process after training
-                              (graph, weights, optimizer slots and the step's
-                              activations; the init batch is the train batch so
-                              it does not set the peak), and after everything;
+  peak RSS                    ru_maxrss after training (graph, weights,
+                              optimizer slots and the step's activations; the
+                              init batch is the train batch so it does not set
+                              the peak), and after everything;
   allocator peak              largest `allocator_bytes_in_use` in a traced
-                              training step (TF 2.x's oneDNN allocator
-                              reports it; TF 1.15's CPU allocator and XLA's
-                              clusters do not: null);
+                              training step (TF 2.x's oneDNN allocator reports
+                              it; TF 1.15's CPU allocator and XLA's clusters
+                              do not: null);
   FLOPs per image             conv and matmul FLOPs (2 per multiply-add) from
                               the static shapes of a copy of the graph with a
                               static batch: `forward` is what the loss needs,
@@ -28,57 +28,44 @@ of --problem), and measures:
                               (forward, recomputation, backward); elementwise
                               ops are not counted;
   matmul FLOP/s               a float32 2048^3 matmul in the same process
-                              (median of 7), before and after the training
-                              timing;
+                              (median of 7), before and after the timing;
   utilisation                 3 x forward FLOPs x train images/s / matmul
                               FLOP/s, the larger of the two probes (the usual
-                              "model FLOPs" convention: recomputation does
-                              not count as useful work; `utilisation_executed`
-                              counts every FLOP the step runs);
+                              "model FLOPs" convention: recomputation is not
+                              useful work; `utilisation_executed` counts every
+                              FLOP the step runs);
   CPU busy                    process CPU seconds per second of the timed
-                              training steps (2.0 is both cores of this
-                              machine; idle TF threads spin a while first);
+                              steps (2.0 is two cores busy; idle TF threads
+                              spin a while first);
   traced step                 one training step traced: its span, summed op
                               time, the share of the span with 0, 1, 2, 3+
-                              ops running, and the conv/matmul ops' summed
-                              time, with the FLOP/s that gives them against
-                              the matmul probe (below 1 where they share
-                              the cores with each other or with small ops);
+                              ops running, the conv/matmul ops' summed time
+                              and the FLOP/s that gives them against the probe
+                              (below 1 where they share the cores);
   reconstruction error        'invertible' only: max relative error of the
-                              step inputs the backward pass rebuilt
-                              (memory_saving_gradients.reconstruction_error).
+                              step inputs the backward pass rebuilt.
 
-Ratios against the plain graph of the same config and XLA setting
-(time per step, peak RSS) are added to the summary. With --profile, a traced
-training step gives the time per op type (top 15).
-
-XLA: --xla 1 runs make the trainer's session as train.py --xla does
-(runtime.make_session, which enables CPU auto-clustering); the worker reports
-how many XLA clusters the step's graph has.
+The summary adds ratios against the plain graph ('none') of the same config
+and XLA setting (time per step, peak RSS). --profile adds the time per op
+type (top 15) and per (op type, layer) (top 25) of the traced step. --xla 1
+makes the session as train.py --xla does (CPU auto-clustering); the worker
+reports how many XLA clusters the step's graph has.
 """
 import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:
+    # Run by path: this folder, not the project root, is on sys.path; run
+    # as the package's module instead (from the project root).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bench"] + sys.argv[1:])
 
-# Named configs. small: the issue's comparison config; cifar: the paper's
-# CIFAR-10 model (openai/glow's README command: 3 levels, depth 32, width
-# 512, 1x1 conv, learntop) with the affine coupling of its best result.
-CONFIGS = {
-    "small": dict(image_shape=[32, 32, 1], n_levels=3, depth=8, width=128, permutation="invconv",
-                  coupling="affine", learntop=False, batch=64, loop_steps=False),
-    "cifar": dict(image_shape=[32, 32, 3], n_levels=3, depth=32, width=512, permutation="invconv",
-                  coupling="affine", learntop=True, batch=64, loop_steps=False),
-    "tiny": dict(image_shape=[8, 8, 1], n_levels=2, depth=2, width=8, permutation="invconv",
-                 coupling="affine", learntop=False, batch=4, loop_steps=False),
-}
-MODES = ("none", "recompute", "invertible")
+from benchmarks import common  # noqa: E402
+
 MATMUL_N = 2048
 # Variable scopes that name a layer, for --profile's time per (op type, layer).
 LAYERS = ("l_1", "l_2", "l_last", "actnorm", "invconv", "invconv_lu", "shuffle", "reverse", "prior")
@@ -87,18 +74,18 @@ FLOP_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul", "
 
 
 def parse_args(argv=None):
+    names = ", ".join(sorted(common.CONFIGS))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--configs", default="small", help="comma-separated names from %s" % ", ".join(sorted(CONFIGS)))
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated gradient checkpointing modes")
+    p.add_argument("--configs", default="small", help="comma-separated names from %s" % names)
+    p.add_argument("--modes", default=",".join(common.MODES), help="comma-separated gradient checkpointing modes")
     p.add_argument("--xla", default="0", help="comma-separated 0/1: XLA auto-clustering off/on")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value for every config, e.g. --set depth=8 --set batch=32")
+                   help="override a config value for every config, e.g. --set depth=8 --set loop_steps=1")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--eval_steps", type=int, default=5, help="timed evaluation batches (0: skip)")
     p.add_argument("--sample_steps", type=int, default=3, help="timed sampling batches (0: skip)")
-    p.add_argument("--problem", default="", help="real images from this problem (data_loaders) instead of noise")
     p.add_argument("--restore", default="", help="start from this checkpoint (prefix or folder) instead of init")
     p.add_argument("--profile", action="store_true", help="time per op type from one traced training step")
     p.add_argument("--timeout", type=float, default=3600, help="seconds a worker may take before it is stopped")
@@ -106,37 +93,22 @@ def parse_args(argv=None):
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in args.configs.split(","):
-        if name not in CONFIGS:
-            p.error("--configs %s: unknown config %r, expected names from %s" % (args.configs, name,
-                                                                               ", ".join(sorted(CONFIGS))))
+        if name not in common.CONFIGS:
+            p.error("--configs %s: unknown config %r, expected names from %s" % (args.configs, name, names))
     for mode in args.modes.split(","):
-        if mode not in MODES:
-            p.error("--modes %s: unknown mode %r, expected names from %s" % (args.modes, mode, ", ".join(MODES)))
+        if mode not in common.MODES:
+            p.error("--modes %s: unknown mode %r, expected names from %s"
+                    % (args.modes, mode, ", ".join(common.MODES)))
     for x in args.xla.split(","):
         if x not in ("0", "1"):
             p.error("--xla %s: expected 0, 1 or 0,1" % args.xla)
-    for kv in args.set:
-        key = kv.split("=", 1)[0]
-        if "=" not in kv or key not in CONFIGS["small"]:
-            p.error("--set %s: expected KEY=VALUE with KEY one of %s" % (kv, ", ".join(sorted(CONFIGS["small"]))))
+    try:
+        args.overrides = common.parse_overrides(args.set)
+    except ValueError as e:
+        p.error(str(e))
     if args.steps < 1 or args.warmup < 0 or args.eval_steps < 0 or args.sample_steps < 0:
         p.error("--steps must be >= 1 and --warmup, --eval_steps, --sample_steps >= 0")
     return args
-
-
-def config_for(name, overrides):
-    """A named config with --set overrides (image_shape as HxWxC, booleans as 0/1)."""
-    cfg = dict(CONFIGS[name], name=name)
-    for kv in overrides:
-        key, value = kv.split("=", 1)
-        kind = type(CONFIGS["small"][key])
-        if kind is list:
-            cfg[key] = [int(v) for v in value.split("x")]
-        elif kind is bool:
-            cfg[key] = value in ("1", "true", "True")
-        else:
-            cfg[key] = kind(value)
-    return cfg
 
 
 # ---------------------------------------------------------------------------
@@ -144,20 +116,21 @@ def config_for(name, overrides):
 # ---------------------------------------------------------------------------
 
 
-def run_all(args):
+def run_all(args, argv):
     started = time.time()
     results = []
     for name in args.configs.split(","):
-        cfg = config_for(name, args.set)
+        values = common.config_values(name, args.overrides)
         for xla in args.xla.split(","):
             for mode in args.modes.split(","):
-                spec = dict(config=cfg, mode=mode, xla=xla == "1", steps=args.steps, warmup=args.warmup,
-                            eval_steps=args.eval_steps, sample_steps=args.sample_steps, problem=args.problem,
+                spec = dict(name=name, values=values, mode=mode, xla=xla == "1", steps=args.steps,
+                            warmup=args.warmup, eval_steps=args.eval_steps, sample_steps=args.sample_steps,
                             restore=args.restore, profile=args.profile)
                 results.append(run_worker(spec, args.timeout))
                 sys.stderr.write("bench: %s\n" % json.dumps(brief(results[-1])))
     report = {
-        "command": " ".join(["python"] + [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:]),
+        "command": " ".join(["python -m benchmarks.bench"] + argv),
+        "commit": common.git_commit(),
         "python": platform.python_version(),
         "tensorflow": sorted(set(r["tensorflow"] for r in results if "tensorflow" in r)),
         "cpu_count": os.cpu_count(),
@@ -165,18 +138,13 @@ def run_all(args):
         "results": results,
         "summary": summarize(results),
     }
-    text = json.dumps(report, indent=1, sort_keys=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    common.emit(report, args.out, indent=1)
     return 0 if all("error" not in r for r in results) else 1
 
 
 def run_worker(spec, timeout):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(common.module_command("bench", "--worker", json.dumps(spec)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=common.quiet_env(), cwd=common.ROOT)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -186,7 +154,7 @@ def run_worker(spec, timeout):
     lines = [line for line in out.decode("utf-8", "replace").splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
-        return dict(config=spec["config"]["name"], mode=spec["mode"], xla=spec["xla"],
+        return dict(config=spec["name"], mode=spec["mode"], xla=spec["xla"],
                     error="worker exited with status %s" % proc.returncode, stderr_tail=tail)
     return json.loads(lines[-1])
 
@@ -217,12 +185,8 @@ def summarize(results):
 
 
 # ---------------------------------------------------------------------------
-# Worker: one configuration in this process.
+# Worker: one combination in this process.
 # ---------------------------------------------------------------------------
-
-
-def maxrss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def op_flops(op):
@@ -281,20 +245,16 @@ def subgraph_flops(fetches):
     return total
 
 
-def count_flops(tf, cfg, batch):
+def count_flops(tf, cfg, values, mode):
     """(forward, executed) conv/matmul FLOPs per image: the loss, and the loss
     with its gradients (forward, recomputation, backward) as the training
-    step runs them, from a copy of the graph with a static batch size."""
-    import memory_saving_gradients
-    import model as glow_model
-
-    glow = glow_model.Glow.from_config(cfg, loop_steps=False)  # unrolled: same FLOPs, countable ops
+    step runs them, from a copy of the graph with a static batch size, its
+    steps unrolled (the same FLOPs as a loop's, in ops that can be counted)."""
+    batch = values["batch"]
     with tf.Graph().as_default():
-        x = tf.placeholder(tf.uint8, [batch] + list(cfg.image_shape))
+        x = tf.placeholder(tf.uint8, [batch] + list(values["image_shape"]))
         y = tf.placeholder(tf.int32, [batch])
-        loss = tf.reduce_mean(glow.losses(x, y, checkpointing=cfg.gradient_checkpointing)["loss"])
-        grads = memory_saving_gradients.gradients(loss, tf.trainable_variables(),
-                                                  mode=cfg.gradient_checkpointing)
+        loss, _, grads = common.loss_and_gradients(cfg, x, y, mode, unrolled=True)
         return subgraph_flops([loss]) // batch, subgraph_flops(grads) // batch
 
 
@@ -321,43 +281,6 @@ def matmul_flops_per_sec(tf, session_config, repeats=7):
     return flops / times[len(times) // 2], flops / times[0]
 
 
-def batch_of(spec, n):
-    import numpy as np
-
-    cfg = spec["config"]
-    if spec["problem"]:
-        import data_loaders
-
-        data = data_loaders.get_data(spec["problem"], image_size=cfg["image_shape"][0], n_train=max(n, 64),
-                                     n_test=64, dal=0, download=False)
-        if list(data.image_shape) != list(cfg["image_shape"]):
-            raise ValueError("--problem %s has images %s, config %s wants %s"
-                             % (spec["problem"], data.image_shape, cfg["name"], cfg["image_shape"]))
-        x, y = data.init_batch(n)
-        return x, y.astype(np.int32), data.n_y
-    rng = np.random.RandomState(0)
-    return rng.randint(0, 256, [n] + cfg["image_shape"]).astype(np.uint8), np.zeros([n], np.int32), 1
-
-
-def trainer_config(spec, n_y):
-    import config as config_lib
-
-    cfg = spec["config"]
-    argv = ["--n_levels", str(cfg["n_levels"]), "--depth", str(cfg["depth"]), "--width", str(cfg["width"]),
-            "--flow_permutation", cfg["permutation"], "--flow_coupling", cfg["coupling"],
-            "--n_batch_train", str(cfg["batch"]), "--n_batch_init", str(cfg["batch"]),
-            "--n_batch_test", str(cfg["batch"]), "--gradient_checkpointing", spec["mode"],
-            "--image_size", str(cfg["image_shape"][0]), "--logdir", "/nonexistent-bench-logdir"]
-    if cfg["learntop"]:
-        argv.append("--learntop")
-    if cfg["loop_steps"]:
-        argv.append("--loop_steps")
-    if spec["xla"]:
-        argv.append("--xla")
-    args = config_lib.parse_args(argv)
-    return config_lib.derive_config(args, cfg["image_shape"], n_y, n_train=50000, n_test=10000, n_ranks=1)
-
-
 def timed(fn, n):
     t = time.time()
     for _ in range(n):
@@ -365,24 +288,15 @@ def timed(fn, n):
     return time.time() - t
 
 
-def reconstruction_error(tf, trainer, spec, cfg, x, y):
-    """memory_saving_gradients.reconstruction_error of the trainer's current
-    weights on the benchmark batch, in a graph of its own (the trainer's is
-    finalized)."""
-    import memory_saving_gradients
-    import model as glow_model
-
-    glow = glow_model.Glow.from_config(cfg)  # the trainer's variables, whatever the layout
-    with trainer.graph.as_default():
-        values = {v.op.name: v for v in tf.trainable_variables()}
-        values = dict(zip(values, trainer.sess.run(list(values.values()))))
+def reconstruction_error(tf, run, cfg, x, y):
+    """The reconstruction error of the run's current weights on the batch,
+    in a graph of its own (the run's is finalized)."""
+    values = run.weights()
     graph = tf.Graph()
     with graph.as_default():
-        loss = tf.reduce_mean(glow.losses(tf.constant(x), tf.constant(y), dequantize=False,
-                                          checkpointing="invertible")["loss"])
-        params = tf.trainable_variables()
-        memory_saving_gradients.gradients(loss, params, mode="invertible")
-        error = memory_saving_gradients.reconstruction_error(loss)
+        loss, params, _ = common.loss_and_gradients(cfg, tf.constant(x), tf.constant(y), "invertible",
+                                                    dequantize=False)
+        error = common.reconstruction_error(loss)
         # One assign op for all weights: a session run per variable (v.load)
         # builds an executor each, minutes on the paper's model.
         holders = [tf.placeholder(v.dtype.base_dtype, v.get_shape()) for v in params]
@@ -393,23 +307,16 @@ def reconstruction_error(tf, trainer, spec, cfg, x, y):
             return float(sess.run(error))
 
 
-def trace_step(tf, trainer, x, y, lr):
-    """One traced training step: time per op type and per layer, allocator
-    peak, XLA clusters, and how the step's ops shared the CPU (overlap)."""
-    opts = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE, output_partition_graphs=True)
-    md = tf.RunMetadata()
-    # The fetches and feeds of Trainer.train_step, so that the session reuses
-    # that step's executor (a new one would be built, and XLA-compiled, here).
-    trainer.sess.run([trainer.opt.train_op, trainer.opt.grads_finite, trainer.train_stats],
-                     {trainer.x: x, trainer.y: y, trainer.lr: lr, trainer.loss_scale: 1.0},
-                     options=opts, run_metadata=md)
-    by_type, peak = {}, None
+def trace_step(run, x, y):
+    """One traced training step: time share per op type and per layer,
+    allocator peak, XLA clusters, and how the step's ops shared the CPU."""
+    fetches, feed = run.train_step_run(x, y)
+    md = common.traced_run(run.sess, fetches, feed, partition_graphs=True)
     names = {}
     for g in md.partition_graphs:
         for node in g.node:
             names[node.name] = node.op
-    by_layer = {}
-    spans = []
+    by_type, by_layer, spans, peak = {}, {}, [], None
     for dev in md.step_stats.dev_stats:
         for ns in dev.node_stats:
             op_type = names.get(ns.node_name.split(":")[0], "other")
@@ -451,73 +358,54 @@ def overlap(spans):
 
 
 def worker(spec):
-    sys.path.insert(0, ROOT)
-    import numpy as np
-    import tensorflow.compat.v1 as tf
-
-    tf.disable_v2_behavior()
-    tf.logging.set_verbosity(tf.logging.ERROR)
-    import runtime
-    import trainer as trainer_lib
-
-    out = dict(config=spec["config"]["name"], config_values=spec["config"], mode=spec["mode"], xla=spec["xla"],
+    tf, malloc = common.start_tf()  # malloc as train.py sets it
+    values, batch = spec["values"], spec["values"]["batch"]
+    out = dict(config=spec["name"], config_values=values, mode=spec["mode"], xla=spec["xla"],
                tensorflow=tf.version.VERSION, python=platform.python_version(), steps=spec["steps"],
-               warmup=spec["warmup"], load_avg_start=os.getloadavg()[0],
-               malloc_settings=runtime.tune_malloc())  # as train.py runs
-    batch = spec["config"]["batch"]
-    x, y, n_y = batch_of(spec, batch)
-    out["data"] = spec["problem"] or "uniform uint8 noise"
-    cfg = trainer_config(spec, n_y)
-    backend = runtime.make_backend("none", "cpu")
-    # The yardstick never runs under XLA: with --tf_xla_cpu_global_jit in the
-    # environment even a session without global_jit_level would compile it.
-    plain_config = runtime.session_config("cpu")
-    plain_config.graph_options.optimizer_options.global_jit_level = tf.OptimizerOptions.OFF
+               warmup=spec["warmup"], load_avg_start=os.getloadavg()[0], malloc_settings=malloc,
+               data="uniform uint8 noise")
+    x, y = common.noise_batch(values["image_shape"], batch)
+    cfg = common.run_config(mode=spec["mode"], xla=spec["xla"], **values)
+    probe_config = common.probe_session_config()
     t = time.time()
-    trainer = trainer_lib.Trainer(cfg, backend, lambda graph: runtime.make_session("cpu", backend, graph=graph,
-                                                                                   xla=spec["xla"]))
+    run = common.build_run(cfg, xla=spec["xla"])
     out["graph_build_seconds"] = round(time.time() - t, 1)
-    with trainer.graph.as_default():
-        out["n_params"] = int(sum(np.prod(v.get_shape().as_list()) for v in tf.trainable_variables()))
-        out["variable_bytes"] = int(sum(np.prod(v.get_shape().as_list()) * v.dtype.base_dtype.size
-                                        for v in tf.global_variables()))
-    out["rss_after_build_mib"] = round(maxrss_mib(), 1)
+    out["n_params"] = common.n_params(run.graph)
+    out["variable_bytes"] = common.variable_bytes(run.graph)
+    out["rss_after_build_mib"] = common.rss_mib()[0]
 
     t = time.time()
     if spec["restore"]:
-        trainer.restore(spec["restore"])
+        run.restore(spec["restore"])
     else:
-        trainer.initialize(x, y)
+        run.initialize(x, y)
     out["init_seconds"] = round(time.time() - t, 1)
-    out["rss_after_init_mib"] = round(maxrss_mib(), 1)
+    out["rss_after_init_mib"] = common.rss_mib()[0]
 
-    mm_before = matmul_flops_per_sec(tf, plain_config)
-    lr = 1e-4
+    mm_before = matmul_flops_per_sec(tf, probe_config)
     for _ in range(spec["warmup"]):
-        trainer.train_step(x, y, lr)
+        run.train_step(x, y)
     step_times = []
-    # Process CPU seconds (user + system, all threads) per second of
-    # training: up to the number of cores; TF's idle threads spin for a while
-    # before sleeping. process_time, not os.times: a tiny config's step can
-    # take less than os.times' 10 ms tick.
+    # Process CPU seconds (user + system, all threads) per second of the
+    # steps. process_time, not os.times: a tiny config's step can take less
+    # than os.times' 10 ms tick.
     cpu = time.process_time()
     for _ in range(spec["steps"]):
         t = time.time()
-        trainer.train_step(x, y, lr)
+        run.train_step(x, y)
         step_times.append(time.time() - t)
     out["train_cpu_busy"] = round((time.process_time() - cpu) / sum(step_times), 3)
-    out["peak_rss_train_mib"] = round(maxrss_mib(), 1)
+    out["peak_rss_train_mib"] = common.rss_mib()[0]
     out["peak_rss_train_minus_vars_mib"] = round(out["peak_rss_train_mib"] - out["variable_bytes"] / 2.0 ** 20, 1)
-    mm_after = matmul_flops_per_sec(tf, plain_config)
+    mm_after = matmul_flops_per_sec(tf, probe_config)
 
     out["train_step_seconds"] = [round(s, 4) for s in step_times]
     out["train_images_per_sec"] = round(batch * len(step_times) / sum(step_times), 2)
     out["matmul_flops_per_sec"] = {"median_before": mm_before[0], "median_after": mm_after[0],
                                    "best": max(mm_before[1], mm_after[1])}
 
-    # A traced step (after the RSS figure above): allocator peak, XLA clusters,
-    # how its ops overlapped and, with --profile, the time per op type.
-    by_type, by_layer, peak, clusters, shared = trace_step(tf, trainer, x, y, lr)
+    # A traced step, after the RSS figure above.
+    by_type, by_layer, peak, clusters, shared = trace_step(run, x, y)
     out["traced_step"] = shared
     if spec["profile"]:
         out["op_time_share_top15"] = by_type
@@ -526,19 +414,18 @@ def worker(spec):
     out["allocator_peak_mib"] = None if peak is None or spec["xla"] else round(peak / 2.0 ** 20, 1)
     out["xla_clusters"] = clusters
     if spec["eval_steps"]:
-        trainer.eval_per_image([(x, y)])
-        seconds = timed(lambda: trainer.eval_per_image([(x, y)]), spec["eval_steps"])
+        run.evaluate(x, y)
+        seconds = timed(lambda: run.evaluate(x, y), spec["eval_steps"])
         out["eval_images_per_sec"] = round(batch * spec["eval_steps"] / seconds, 2)
     if spec["sample_steps"]:
-        temperatures = np.full([batch], 0.7, np.float32)
-        trainer.sample(y, temperatures)
-        seconds = timed(lambda: trainer.sample(y, temperatures), spec["sample_steps"])
+        run.sample(y)
+        seconds = timed(lambda: run.sample(y), spec["sample_steps"])
         out["sample_images_per_sec"] = round(batch * spec["sample_steps"] / seconds, 2)
-    out["peak_rss_end_mib"] = round(maxrss_mib(), 1)
+    out["peak_rss_end_mib"] = common.rss_mib()[0]
     if spec["mode"] == "invertible":
-        out["reconstruction_error"] = reconstruction_error(tf, trainer, spec, cfg, x, y)
+        out["reconstruction_error"] = reconstruction_error(tf, run, cfg, x, y)
     # Last: the extra graphs must not count in the peaks above.
-    out["forward_flops_per_image"], out["executed_flops_per_image"] = count_flops(tf, cfg, batch)
+    out["forward_flops_per_image"], out["executed_flops_per_image"] = count_flops(tf, cfg, values, spec["mode"])
     # The larger of the two medians: a probe that happened to share the CPU
     # with something else must not inflate the ratio.
     matmul = max(mm_before[0], mm_after[0])
@@ -551,16 +438,17 @@ def worker(spec):
         op_rate = out["executed_flops_per_image"] * batch / shared["conv_matmul_op_seconds"]
         shared["conv_matmul_flops_per_op_second_vs_probe"] = round(op_rate / matmul, 4)
     out["load_avg_end"] = os.getloadavg()[0]
-    trainer.sess.close()
+    run.close()
     print(json.dumps(out, sort_keys=True))
     return 0
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
-    return run_all(args)
+    return run_all(args, argv)
 
 
 if __name__ == "__main__":

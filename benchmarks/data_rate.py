@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How fast data_loaders produces training batches, to compare with the step time.
 
-    python scripts/data_rate.py [--problem fashion-mnist] [--batch 64] [--n_batches 300]
+    python -m benchmarks.data_rate [--problem fashion-mnist] [--batch 64] [--n_batches 300]
 
 Prints milliseconds per batch for each augmentation level (--dal 0/1/2),
 measured with the consumer doing nothing, i.e. the producer's full rate."""
@@ -10,9 +10,12 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__" and not __package__:
+    # Run by path: this folder, not the project root, is on sys.path; run
+    # as the package's module instead (from the project root).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.data_rate"] + sys.argv[1:])
 
-import data_loaders  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 
 def main(argv=None):
@@ -23,13 +26,14 @@ def main(argv=None):
     p.add_argument("--n_batches", type=int, default=300)
     args = p.parse_args(argv)
     for dal in (0, 1, 2):
-        data = data_loaders.get_data(args.problem, data_dir=args.data_dir, dal=dal)
+        batches = common.train_batches(args.problem, args.data_dir, dal, args.batch)
         t0 = time.time()
         n = 0
-        for _ in data.train_batches(args.batch, 1):
+        for _ in batches:
             n += 1
             if n == args.n_batches:
                 break
+        batches.close()  # stops the producer thread
         dt = (time.time() - t0) / n
         print("%s dal %d: %.2f ms per batch of %d (%.0f images/s)" % (args.problem, dal, dt * 1e3, args.batch,
                                                                       args.batch / dt))

@@ -1,42 +1,41 @@
 #!/usr/bin/env python
-"""What one graph op costs in process memory, apart from any model: the
-measurement behind docs/BENCHMARKS.md's "Where the memory goes".
+"""What one graph op costs in process memory, apart from any model: why the
+graph's size, not only the activations, sets the paper's model's peak.
 
-    python scripts/graph_memory.py --n_links 10000
+    python -m benchmarks.graph_memory --n_links 10000
 
 Builds a chain of tiny ops (a variable, a multiply, an add and a ReLU per
 link, 16 graph ops with the variable's own; on [4, 8] tensors: no
 activation memory to speak of), then a gradient graph of the chain, and
-prints one JSON line: the number of ops and the RSS
-(MiB) after the imports, after building, after running the initialisers (the
-session's first run), after running the chain forward, after building and
-after running its gradients, and the MiB per thousand ops of each step.
+prints one JSON line: the number of ops and the RSS (MiB) after building,
+after running the initialisers (the session's first run), after running the
+chain forward, after building and after running its gradients, and the MiB
+per thousand ops of each stage.
 """
 import argparse
-import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow.compat.v1 as tf  # noqa: E402
+if __name__ == "__main__" and not __package__:
+    # Run by path: this folder, not the project root, is on sys.path; run
+    # as the package's module instead (from the project root).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.graph_memory"] + sys.argv[1:])
 
-from memory_stages import rss_mib  # noqa: E402
+from benchmarks import common  # noqa: E402
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n_links", type=int, default=10000, help="links of the chain (one variable each)")
-    args = p.parse_args()
-    tf.disable_v2_behavior()
-    tf.logging.set_verbosity(tf.logging.ERROR)
+    args = p.parse_args(argv)
+    tf, _ = common.start_tf(malloc=False)  # TensorFlow alone: glibc's defaults
     graph = tf.get_default_graph()
-    stages = [("imports", rss_mib()[1], 0)]
+    stages = [("imports", common.rss_mib()[1], 0)]
 
     def stage(name):
-        stages.append((name, rss_mib()[1], len(graph.get_operations())))
+        stages.append((name, common.rss_mib()[1], len(graph.get_operations())))
 
     x = tf.placeholder(tf.float32, [None, 8])
     h = x
@@ -61,8 +60,9 @@ def main():
         # session converts all of it), per thousand new ops for the builds.
         n = ops_after - ops_before if name.endswith("_built") else ops_after
         out["mib_per_1000_ops"][name] = round((after - before) * 1000.0 / max(n, 1), 2)
-    print(json.dumps(out))
+    common.emit(out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

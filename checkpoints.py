@@ -1,0 +1,210 @@
+"""Checkpoints and the run state they carry.
+
+A checkpoint holds the weights, the optimizer's state, and two JSON strings:
+`run/config`, the run's config (config.py's, whose architecture fields
+rebuild the model: a run folder describes itself), and `run/state`, the
+`RunState` (step, epoch, images processed, learning-rate and loss scales,
+best test loss), saved and restored with the weights as one thing.
+
+Layout of a run folder: checkpoints/ (the latest two) and best/ (the best
+test loss), each a TF checkpoint folder whose `checkpoint` index TF updates
+atomically after the files are written, so a crash mid-save leaves the
+previous checkpoint in force.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import looped
+import utils
+
+CONFIG_KEY = "run/config"
+STATE_KEY = "run/state"
+# Run state of checkpoints written before RunState (one variable each).
+_LEGACY_STATE = {"run/epoch": "epoch", "run/n_processed": "n_processed", "run/lr_scale": "lr_scale",
+                 "run/best_test": "best_test"}
+
+
+class RunState(object):
+    """Where a run is: `step` (training steps done), `epoch` (epochs
+    finished), `n_processed` (images at --anchor_size, openai/glow's
+    progress measure), `lr_scale` (lowered by each recovery from non-finite
+    steps), `loss_scale` (the current loss scale), `best_test` (best test
+    loss so far, of the weights best/ follows)."""
+
+    FIELDS = ("step", "epoch", "n_processed", "lr_scale", "loss_scale", "best_test")
+
+    def __init__(self, step=0, epoch=0, n_processed=0, lr_scale=1.0, loss_scale=1.0, best_test=float("inf")):
+        self.step = int(step)
+        self.epoch = int(epoch)
+        self.n_processed = int(n_processed)
+        self.lr_scale = float(lr_scale)
+        self.loss_scale = float(loss_scale)
+        self.best_test = float(best_test)
+
+    def as_dict(self):
+        return dict((k, getattr(self, k)) for k in self.FIELDS)
+
+    def to_json(self):
+        return utils.dumps_strict(self.as_dict(), "run state")
+
+    @classmethod
+    def from_json(cls, text):
+        return cls(**dict((k, float(v) if isinstance(v, str) else v) for k, v in json.loads(text).items()))
+
+
+def latest(folder):
+    """The latest checkpoint prefix in `folder`, or in its checkpoints/ or
+    best/ (a run folder); None when there is none."""
+    for path in (folder, os.path.join(folder, "checkpoints"), os.path.join(folder, "best")):
+        prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else None
+        if prefix:
+            return prefix
+    return None
+
+
+def resolve(path):
+    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+    if os.path.isdir(path):
+        prefix = latest(path)
+        if prefix is None:
+            raise ValueError("%s: no checkpoint in this folder (nor in its checkpoints/ or best/)" % path)
+        return prefix
+    if not tf.train.checkpoint_exists(path):
+        raise ValueError("%s: no such checkpoint (expected a run folder or a prefix like "
+                         "logs/checkpoints/model.ckpt-1000 with its .index file)" % path)
+    return path
+
+
+def saved_config(prefix):
+    """The run config a checkpoint was written with (a dict), or, for a
+    checkpoint written before checkpoints carried it, the first line of its
+    run folder's train.txt; None when neither exists (the flags given must
+    then describe the model)."""
+    reader = tf.train.load_checkpoint(prefix)
+    if reader.has_tensor(CONFIG_KEY):
+        return json.loads(_text(reader.get_tensor(CONFIG_KEY)))
+    log = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "train.txt")
+    if os.path.exists(log):
+        lines = utils.read_jsonl(log, skip_invalid=True)
+        if lines:
+            return lines[0]
+    return None
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def step_of(prefix):
+    """The training step in a checkpoint's name (model.ckpt-<step>), or 0."""
+    tail = prefix.rsplit("-", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+
+
+class Checkpoints(object):
+    """The savers of one graph and its run/config and run/state variables.
+    Build it in the graph, after every other variable."""
+
+    def __init__(self, config_json):
+        with tf.variable_scope("run"):
+            self._config = tf.get_variable("config", initializer=tf.constant(config_json), trainable=False)
+            self._state = tf.get_variable("state", initializer=tf.constant(RunState().to_json()), trainable=False)
+        self.config_json = config_json
+        self._feed = tf.placeholder(tf.string, [])
+        self._set_config = self._config.assign(config_json)
+        self._assign = tf.group(self._state.assign(self._feed), self._set_config)
+        self.saver = tf.train.Saver(max_to_keep=2, save_relative_paths=True)
+        # best/ keeps one: the same save/restore ops, another max_to_keep.
+        best_def = tf.train.SaverDef()
+        best_def.CopyFrom(self.saver.as_saver_def())
+        best_def.max_to_keep = 1
+        self.best_saver = tf.train.Saver(saver_def=best_def, save_relative_paths=True)
+        self.shapes = dict((v.op.name, v.get_shape().as_list()) for v in tf.global_variables())
+
+    def save(self, sess, logdir, state, best=False):
+        """Write the weights with `state` (a RunState) as
+        logdir/{checkpoints,best}/model.ckpt-<step>. Returns the prefix."""
+        sess.run(self._assign, {self._feed: state.to_json()})
+        folder = os.path.join(logdir, "best" if best else "checkpoints")
+        saver = self.best_saver if best else self.saver
+        return saver.save(sess, os.path.join(folder, "model.ckpt"), global_step=state.step, write_meta_graph=False)
+
+    def restore(self, sess, prefix):
+        """Load checkpoint `prefix` (either step layout, see looped.py) into
+        the graph's variables. Returns its RunState (the default one for a
+        checkpoint that has none)."""
+        reader = tf.train.load_checkpoint(prefix)
+        scratch = tempfile.mkdtemp(prefix="glow-restore-")
+        try:
+            defaults = {CONFIG_KEY: self.config_json, STATE_KEY: RunState().to_json()}
+            self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, defaults))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        sess.run(self._set_config)
+        if reader.has_tensor(STATE_KEY):
+            return RunState.from_json(_text(reader.get_tensor(STATE_KEY)))
+        legacy = dict((field, reader.get_tensor(key).item()) for key, field in _LEGACY_STATE.items()
+                      if reader.has_tensor(key))
+        return RunState(step=step_of(prefix), **legacy)
+
+    def adopt(self, logdir):
+        """Count the checkpoints an earlier run left in logdir as this run's
+        own, so that saving prunes them too (a Saver prunes only what it
+        wrote). Only on --resume: a new run must not delete what it did not
+        write."""
+        for saver, sub in ((self.saver, "checkpoints"), (self.best_saver, "best")):
+            found = tf.train.get_checkpoint_state(os.path.join(logdir, sub))
+            if found is not None:
+                saver.recover_last_checkpoints(list(found.all_model_checkpoint_paths))
+
+
+def in_layout(prefix, shapes, scratch_dir, defaults=None):
+    """A checkpoint holding the variables `shapes` ({key: shape}, a graph's
+    saver keys): `prefix` itself when it holds them all; else a copy written
+    under scratch_dir with step variables converted between the unrolled and
+    the looped layout (looped.convert_checkpoint) and the run/ strings an
+    older checkpoint lacks taken from `defaults` ({key: value}). A variable
+    found nowhere, or one of the checkpoint's that this model has no use for
+    (written with other flags: a smaller model must not load part of it and
+    train on), is a ValueError naming it."""
+    reader = tf.train.load_checkpoint(prefix)
+    have = reader.get_variable_to_shape_map()
+    optional = set(k for k in (defaults or {}) if k in shapes and k not in have)
+    wanted = dict((k, s) for k, s in shapes.items() if k not in optional)
+    if not optional and all(list(have.get(k, [-1])) == list(s) for k, s in wanted.items()):
+        _check_all_used(prefix, have, set(wanted))
+        return prefix
+    values, used, missing = looped.convert_checkpoint(reader, wanted)
+    if missing:
+        raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: it was written by a "
+                         "model with other flags" % (prefix, len(missing), ", ".join(missing[:3])))
+    _check_all_used(prefix, have, used)
+    for key in optional:
+        values[key] = np.array(defaults[key], dtype=object)
+    return _write(values, os.path.join(scratch_dir, "converted.ckpt"))
+
+
+def _check_all_used(prefix, have, used):
+    unused = sorted(set(have) - used - set(_LEGACY_STATE))
+    if unused:
+        raise ValueError("checkpoint %s holds %d variables this model does not have, e.g. %s: it was written by a "
+                         "model with other flags" % (prefix, len(unused), ", ".join(unused[:3])))
+
+
+def _write(values, path):
+    """A checkpoint of {key: NumPy value} at `path`, through its own graph."""
+    keys = sorted(values)
+    with tf.Graph().as_default():
+        holders = [tf.placeholder(tf.string if values[k].dtype.kind in "OSU" else tf.as_dtype(values[k].dtype))
+                   for k in keys]
+        save = tf.raw_ops.SaveV2(prefix=path, tensor_names=keys, shape_and_slices=[""] * len(keys),
+                                 tensors=holders)
+        with tf.Session() as sess:
+            sess.run(save, dict(zip(holders, [values[k] for k in keys])))
+    return path
+

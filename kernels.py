@@ -1,0 +1,144 @@
+"""The coupling network's convolutions, in two implementations of one function.
+
+Every conv of the coupling networks and priors is openai/glow's edge-padded
+conv: zero-pad x, add an input channel that is 1 on the padding (so the
+network can tell padding from a real zero), a 'VALID' conv, then a bias and
+a per-channel scale:
+
+    y = (conv(edge_pad(x), W) + bias) * scale
+
+'plain' computes exactly that with tf.nn.conv2d: the reference, and the
+default on GPU and NPU, whose convolution units (cuDNN, the Ascend cube
+unit) are built for it. 'cpu' computes the same function with matmuls that
+suit a CPU's GEMM better: the scale folded into W and the bias (one matmul
+with a bias, which Grappler fuses with the ReLU after it), im2col for convs
+with few input channels, per-tap products for convs with few output
+channels, and the edge channel's part as a constant map. Same variables,
+same results to float rounding (tests/test_kernels.py, float64).
+`for_device` picks one; `--kernels` overrides it.
+"""
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+KINDS = ("plain", "cpu")
+
+
+def for_device(device, requested="auto"):
+    """The kernels of a run: `requested` unless "auto", else "cpu" on a CPU
+    and "plain" elsewhere."""
+    if requested != "auto":
+        check(requested)
+        return requested
+    return "cpu" if device == "cpu" else "plain"
+
+
+def check(kind):
+    if kind not in KINDS:
+        raise ValueError("kernels %r: expected one of %s" % (kind, ", ".join(KINDS)))
+    return kind
+
+
+def _int_shape(x):
+    return [-1 if d is None else int(d) for d in x.get_shape().as_list()]
+
+
+def conv(kind, x, w, bias=None, scale=None):
+    """(conv(edge_pad(x), w) + bias) * scale, for x [B, H, W, C] and w
+    [kh, kw, C + 1, N] ([1, 1, C, N] for a 1x1 filter, which needs no
+    padding); bias and scale [N] or None. Returns [B, H, W, N]. On 'cpu' an
+    im2col matmul: for the coupling network's first convs (few input
+    channels)."""
+    if check(kind) == "plain":
+        return _plain(x, w, bias, scale)
+    if scale is not None:
+        w, bias = w * scale, bias * scale
+    return _conv_valid(add_edge_padding(x, _int_shape(w)[:2]), w, bias)
+
+
+def zero_conv(kind, x, w, bias, scale):
+    """The same function as `conv`, with bias and scale given. On 'cpu' one
+    matmul per tap block: for the zero-initialised last convs (many input
+    channels, few output channels). The edge channel's part is a conv of a
+    constant [1, H, W, 1] map, so the [B, H, W, C] input is never padded or
+    concatenated."""
+    if check(kind) == "plain":
+        return _plain(x, w, bias, scale)
+    kh, kw = _int_shape(w)[:2]
+    h, w_, n_in = _int_shape(x)[1:]
+    w, bias = w * scale, bias * scale
+    out = _conv_same_by_taps(x, w[:, :, :n_in])
+    if kh * kw == 1:
+        return tf.nn.bias_add(out, bias)
+    indicator = tf.constant(_edge_indicator((kh, kw), h, w_, x.dtype))
+    return out + (tf.nn.conv2d(indicator, w[:, :, n_in:], [1, 1, 1, 1], "VALID") + bias)
+
+
+def _plain(x, w, bias, scale):
+    y = tf.nn.conv2d(add_edge_padding(x, _int_shape(w)[:2]), w, [1, 1, 1, 1], "VALID")
+    if bias is not None:
+        y += bias
+    return y if scale is None else y * scale
+
+
+def _edge_indicator(filter_size, h, w, dtype):
+    """[1, h + 2a, w + 2b, 1]: 1 on the zero padding of a 'VALID' conv with an
+    odd filter of size (2a+1, 2b+1) over an h x w image, 0 inside."""
+    a, b = (filter_size[0] - 1) // 2, (filter_size[1] - 1) // 2
+    pad = np.ones([1, h + 2 * a, w + 2 * b, 1], dtype=dtype.as_numpy_dtype)
+    pad[:, a:a + h, b:b + w, :] = 0.0
+    return pad
+
+
+def add_edge_padding(x, filter_size):
+    """x [B, H, W, C] zero-padded for a 'VALID' conv with an odd filter, plus a
+    channel that is 1 on the padding: [B, H + 2a, W + 2b, C + 1]. A 1x1
+    filter needs no padding: x itself."""
+    if len(filter_size) != 2 or filter_size[0] % 2 == 0 or filter_size[1] % 2 == 0:
+        raise ValueError("filter_size %r: expected two odd sizes (edge padding is symmetric)" % (filter_size,))
+    a, b = (filter_size[0] - 1) // 2, (filter_size[1] - 1) // 2
+    if a == 0 and b == 0:
+        return x
+    h, w = _int_shape(x)[1:3]
+    x = tf.pad(x, [[0, 0], [a, a], [b, b], [0, 0]])
+    pad = tf.tile(tf.constant(_edge_indicator(filter_size, h, w, x.dtype)), [tf.shape(x)[0], 1, 1, 1])
+    return tf.concat([x, pad], axis=3)
+
+
+def _window(x, dy, dx, h, w):
+    """x[:, dy:dy+h, dx:dx+w, :] as tf.slice, whose gradient is a Pad (the
+    StridedSliceGrad of Python indexing is a slower kernel on CPU)."""
+    return tf.slice(x, [0, dy, dx, 0], [-1, h, w, -1])
+
+
+def _conv_valid(x, w, bias=None):
+    """'VALID' conv of x [B, H+kh-1, W+kw-1, C] with w [kh, kw, C, N] (plus
+    bias [N]) as one matmul over pixels (im2col): the patches are the kh*kw
+    shifted views of x, tap-major (channel t*C + c for tap t = dy*kw + dx,
+    the row order of w reshaped to [kh*kw*C, N]). Returns [B, H, W, N]."""
+    kh, kw, n_c, n_out = _int_shape(w)
+    h, w_ = _int_shape(x)[1] - kh + 1, _int_shape(x)[2] - kw + 1
+    if kh * kw > 1:
+        x = tf.concat([_window(x, dy, dx, h, w_) for dy in range(kh) for dx in range(kw)], axis=3)
+    y = tf.matmul(tf.reshape(x, [-1, kh * kw * n_c]), tf.reshape(w, [kh * kw * n_c, n_out]))  # [B*H*W, N]
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)  # on the matmul's own output, where Grappler can fuse it
+    return tf.reshape(y, [-1, h, w_, n_out])  # [B, H, W, N]
+
+
+def _conv_same_by_taps(x, w):
+    """'SAME' (zero-padded) conv of x [B, H, W, C] with w [kh, kw, C, N]:
+    u = x @ [w_0 | ... | w_{kh*kw-1}] gives every tap's contribution at every
+    pixel; the output sums each tap's block shifted by its offset. One GEMM
+    with N = kh*kw*n_out instead of a conv whose gradients are GEMMs with
+    N = n_out. Returns [B, H, W, N]."""
+    kh, kw, n_c, n_out = _int_shape(w)
+    h, w_ = _int_shape(x)[1:3]
+    a, b = (kh - 1) // 2, (kw - 1) // 2
+    taps = tf.reshape(tf.transpose(w, [2, 0, 1, 3]), [n_c, kh * kw * n_out])  # [C, (dy, dx, n)]
+    u = tf.matmul(tf.reshape(x, [-1, n_c]), taps)  # [B*H*W, kh*kw*N]
+    u = tf.reshape(u, [-1, h, w_, kh * kw * n_out])  # [B, H, W, kh*kw*N]
+    if kh * kw == 1:
+        return u
+    u = tf.pad(u, [[0, 0], [a, a], [b, b], [0, 0]])  # [B, H+2a, W+2b, kh*kw*N]
+    blocks = tf.split(u, kh * kw, axis=3)
+    return tf.add_n([_window(blocks[dy * kw + dx], dy, dx, h, w_) for dy in range(kh) for dx in range(kw)])

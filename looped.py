@@ -1,0 +1,371 @@
+"""--loop_steps: each level's flow steps as one tf.while_loop over one copy of
+the step, everything about it in this module.
+
+In TF graph mode memory follows the ops: an unrolled level holds `depth`
+copies of the step's ops (and of their gradient's), a looped one holds one.
+Each variable of the steps becomes one variable stacked over them, shape
+[depth, ...], under the level's scope `step/` (step_key names the mapping:
+unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so
+the optimizer, the Polyak average and the saver do not grow with depth
+either. Iteration i reads row i of each stack through a custom getter.
+
+- `runner(mode)`: a model.Glow `run_steps` that runs levels this way, with
+  the gradient of memory_saving_gradients' `mode` in the graph built for
+  gradients: 'none' differentiates through the loop (TF keeps every
+  iteration's activations); 'recompute' keeps each step's input in a
+  TensorArray and 'invertible' only the level's output, and the backward
+  pass is a second loop, last step to first, over
+  memory_saving_gradients.step_backward.
+- The data-dependent init pass is a loop too: an iteration has no variable
+  of its own to assign, so the getter hands tfops.get_variable_ddi an
+  object whose `assign` collects the step's statistics; they leave the loop
+  as rows of a TensorArray and are assigned after it.
+- `convert_checkpoint`: checkpoints convert between the unrolled and the
+  looped layout on restore, both ways, so a run resumes, evaluates or
+  samples with or without --loop_steps.
+"""
+import collections
+import re
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import memory_saving_gradients as msg
+import tfops
+
+STEP_SCOPE = "step"
+_UNROLLED_STEP = re.compile(r"^(.*?/\d+)/(\d+)/(.+)$")
+
+
+def step_key(name):
+    """A looped build's stacked variable name (or checkpoint key, a slot's
+    included) for an unrolled build's, with the step: ("model/0/step/actnorm/b",
+    3) for "model/0/3/actnorm/b"; None for names that are not a step's."""
+    match = _UNROLLED_STEP.match(name)
+    if match is None:
+        return None
+    return "%s/%s/%s" % (match.group(1), STEP_SCOPE, match.group(3)), int(match.group(2))
+
+
+def runner(mode="none"):
+    """A level runner for model.Glow(run_steps=...): looped steps, whose
+    gradient in the graph built with for_gradients=True is `mode`'s."""
+    msg.check_mode(mode)
+
+    def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+        params, constants = _stacked_variables(make_step, depth, z)
+        level = _LoopedLevel(make_step(STEP_SCOPE), params, constants, depth)
+        if tfops.in_ddi_init():
+            return level.ddi(z, logdet)
+        if for_gradients and mode != "none" and not reverse:
+            return level.checkpointed(z, logdet, mode)
+        return level.plain(z, logdet, reverse)
+
+    return run_steps
+
+
+# -- stacked variables -----------------------------------------------------------
+
+
+def _stacked_variables(make_step, depth, z):
+    """Under a level's variable scope: its steps' variables, each stacked over
+    the steps as `STEP_SCOPE/<name>` [depth, ...], as the scope's custom
+    getter gives them (an evaluation graph's: the Polyak averages):
+    ({name: value} of the trainable float variables, {the same} of the
+    others). The first graph to ask creates them (_create_stacked)."""
+    prefix = tf.get_variable_scope().name + "/" + STEP_SCOPE + "/"
+
+    def stacked():
+        return [v for v in tf.global_variables() if v.op.name.startswith(prefix)]
+
+    if not stacked():
+        _create_stacked(make_step, depth, z)
+    params, constants = {}, {}
+    for v in stacked():
+        name = v.op.name[len(prefix):]
+        with tf.variable_scope(STEP_SCOPE, reuse=True):
+            value = tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype, trainable=v.trainable)
+        (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = value
+    return params, constants
+
+
+def _create_stacked(make_step, depth, z):
+    """Create a level's stacked variables without building `depth` steps in
+    this graph: each step is built alone in a scratch graph, under an
+    unrolled build's scope names and graph seed, which records what it asks
+    tf.get_variable for; each stacked variable's initial value stacks the
+    steps'. Initial values drawn in NumPy from the scope's name
+    (tfops.layer_rng: 1x1 convs, permutations) are an unrolled build's, row
+    by row; TF's random initialisers draw the whole stack at once."""
+    scope = tf.get_variable_scope().name
+    requests = collections.OrderedDict()  # name in the step -> [each step's tf.get_variable kwargs]
+
+    def record(getter, name, *args, **kwargs):
+        requests.setdefault(name[len(scope) + 1:].split("/", 1)[1], []).append(kwargs)
+        return getter(name, *args, **kwargs)
+
+    seed = tf.get_default_graph().seed
+    for i in range(depth):
+        with tf.Graph().as_default():  # one step per scratch graph: one alive at a time
+            tf.set_random_seed(seed)
+            z_in = tf.placeholder(z.dtype, z.get_shape())
+            with tf.variable_scope(scope, custom_getter=record):
+                make_step(str(i))(z_in, tf.zeros([tf.shape(z_in)[0]], z.dtype), False)
+    with tf.variable_scope(STEP_SCOPE):
+        for name, steps in requests.items():
+            tf.get_variable(name, **_stacked_request(name, steps))
+
+
+def _stacked_request(name, steps):
+    """tf.get_variable kwargs for one variable stacked over the steps, from
+    each step's request for it (`steps`, in step order)."""
+    first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
+    inits = [s.get("initializer") for s in steps]
+    if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
+        first["initializer"] = np.stack([np.asarray(i) for i in inits])
+        first["shape"] = None
+        return first
+    same = all(type(i) is type(inits[0]) and hasattr(i, "get_config") and i.get_config() == inits[0].get_config()
+               for i in inits)
+    if not same or first.get("shape") is None:
+        raise ValueError("looped steps: variable %r has initialisers %r, which cannot be stacked (expected NumPy "
+                         "values, or one TF initializer object of the same config for every step)"
+                         % (name, sorted(set(type(i).__name__ for i in inits))))
+    first["shape"] = [len(steps)] + list(tf.TensorShape(first["shape"]).as_list())
+    return first
+
+
+class _InitValue(object):
+    """What the init pass's getter returns for a data-dependent variable:
+    `assign` records the value instead of assigning it."""
+
+    def __init__(self, name, recorded):
+        self.name = name
+        self.recorded = recorded
+
+    def assign(self, value):
+        self.recorded.append((self.name, value))
+        return value
+
+
+class _StackedGetter(object):
+    """Custom getter of a loop's body: the step's variable
+    `<scope>/step/<name>` is row i of stacks[name]; with `recorded` (the
+    init pass), data-dependent variables are _InitValues."""
+
+    def __init__(self, prefix, stacks, i, recorded=None):
+        self.prefix = prefix
+        self.stacks = stacks
+        self.i = i
+        self.recorded = recorded
+
+    def __call__(self, getter, name, *args, **kwargs):
+        key = name[len(self.prefix):] if name.startswith(self.prefix) else None
+        if key not in self.stacks:
+            raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
+                             % (name, ", ".join(sorted(self.stacks)), self.prefix))
+        if self.recorded is not None and isinstance(kwargs.get("initializer"), tfops.DataDependent):
+            return _InitValue(key, self.recorded)
+        return tf.gather(self.stacks[key], self.i)
+
+
+def _loop(n, body, loop_vars, backwards=False, back_prop=True):
+    """for i in range(n) (or reversed): loop_vars = body(i, *loop_vars), as
+    one tf.while_loop; returns the final loop_vars. One iteration at a time:
+    overlapping iterations would hold several steps' internals at once."""
+    def cond(i, *_):
+        return i >= 0 if backwards else i < n
+
+    def advance(i, *values):
+        return [i - 1 if backwards else i + 1] + list(body(i, *values))
+
+    start = tf.constant(n - 1 if backwards else 0)
+    return tf.while_loop(cond, advance, [start] + list(loop_vars), back_prop=back_prop, parallel_iterations=1)[1:]
+
+
+# -- the loops ---------------------------------------------------------------------
+
+
+class _LoopedLevel(object):
+    """`depth` copies of `step` as loops. params: {name: [depth, ...]
+    variable or tensor} of the trainable float variables (differentiated),
+    constants: the others."""
+
+    def __init__(self, step, params, constants, depth):
+        variables = dict(params, **constants)
+        for name, v in variables.items():
+            if v.get_shape().ndims is None or tf.dimension_value(v.get_shape()[0]) != depth:
+                raise ValueError("looped flow: variable %s has shape %s, expected [depth %d, ...]"
+                                 % (name, v.get_shape(), depth))
+        self.step = step
+        self.params = params
+        self.variables = variables
+        self.depth = depth
+        self.scope = tf.get_variable_scope()
+        self.prefix = self.scope.name + "/" + STEP_SCOPE + "/"
+        self.names = sorted(params)
+        self.like = {name: (v.dtype.base_dtype, v.get_shape()[1:]) for name, v in variables.items()}
+        # One read per variable, which every iteration indexes: an alias of
+        # its buffer, not a copy.
+        self.fixed = {name: tf.convert_to_tensor(v) for name, v in constants.items()}
+
+    def in_step(self, i, stacks, recorded=None):
+        """The variable scope in which the step's variables are step i's."""
+        getter = _StackedGetter(self.prefix, dict(stacks, **self.fixed), i, recorded)
+        return tf.variable_scope(self.scope, reuse=True, custom_getter=getter, auxiliary_name_scope=False)
+
+    def reads(self):
+        return {name: tf.convert_to_tensor(self.params[name]) for name in self.names}
+
+    def forward(self, z, logdet, stacks, back_prop, kept=None, backwards=False):
+        """The steps from z (last to first and inverted for backwards); kept:
+        a TensorArray that gets each step's input. Returns [z, logdet, kept]."""
+        def body(i, z, logdet, *kept):
+            kept = [ta.write(i, z) for ta in kept]
+            with self.in_step(i, stacks):
+                z, logdet = self.step(z, logdet, backwards)
+            return [z, logdet] + kept
+
+        out = _loop(self.depth, body, [z, logdet] + ([kept] if kept is not None else []), backwards, back_prop)
+        return out if kept is not None else out + [None]
+
+    def plain(self, z, logdet, reverse=False):
+        """Forward, differentiable (each iteration's gather gives its row of
+        the variable's gradient), or the inverse (decoding, never
+        differentiated)."""
+        return tuple(self.forward(z, logdet, self.reads(), True, backwards=reverse)[:2])
+
+    def ddi(self, z, logdet):
+        """The data-dependent init pass (paper 3.1): each iteration's
+        statistics leave the loop as one flat row, assigned to the step's
+        rows of the variables after the loop, before z and logdet return."""
+        recorded, stacks = [], self.reads()
+
+        def body(i, z, logdet, rows):
+            del recorded[:]
+            with self.in_step(i, stacks, recorded):
+                z, logdet = self.step(z, logdet, False)
+            if not recorded:
+                raise ValueError("looped flow: its step computes no data-dependent initial value")
+            row = tf.concat([tf.reshape(tf.cast(value, z.dtype), [-1]) for _, value in recorded], axis=0)
+            return z, logdet, rows.write(i, row)
+
+        z, logdet, rows = _loop(self.depth, body, [z, logdet, tf.TensorArray(z.dtype, size=self.depth)],
+                                back_prop=False)
+        rows = rows.stack()  # [depth, the statistics' total size]
+        assigns, offset = [], 0
+        for name, value in recorded:
+            size = value.get_shape().num_elements()
+            stacked = tf.reshape(rows[:, offset:offset + size], [self.depth] + value.get_shape().as_list())
+            assigns.append(self.variables[name].assign(tf.cast(stacked, value.dtype)))
+            offset += size
+        with tf.control_dependencies(assigns):
+            return tf.identity(z), tf.identity(logdet)
+
+    def checkpointed(self, z, logdet, mode):
+        """Forward with the gradient of 'recompute' or 'invertible': a
+        backward loop, last step to first, that recomputes (or rebuilds,
+        then recomputes) each step and writes its variables' gradients to
+        TensorArrays. The custom gradient's inputs are the variables' reads,
+        so that the gradients it returns reach the variables."""
+        record = msg.FlowRecord(mode, self.scope.name)
+        z_in = z
+        reads = self.reads()
+        reads = [reads[name] for name in self.names]
+
+        @tf.custom_gradient
+        def checkpointed(z, logdet, *reads):
+            stacks = dict(zip(self.names, reads))
+            kept = tf.TensorArray(z.dtype, size=self.depth, element_shape=z.get_shape()) \
+                if mode == "recompute" else None
+            z_out, logdet, kept = self.forward(z, logdet, stacks, False, kept)
+            record.stacks = stacks
+
+            def grad_fn(dz, dlogdet, variables=None):
+                grads = self.backward(mode, stacks, kept, z_out, dz, dlogdet)
+                # TF 2.x lists the variables behind the stacked reads; their
+                # gradients went to `reads`.
+                return (grads, [None] * len(variables)) if variables else grads
+
+            return (z_out, logdet), grad_fn
+
+        z, logdet = checkpointed(z, logdet, *reads)
+        record.op = z.op
+        assert z.op.type == "IdentityN" and logdet.op is z.op, "tf.custom_gradient changed: expected one IdentityN"
+        record.looped_inputs = lambda: self.inputs_both_ways(record, z_in, logdet)
+        tf.add_to_collection(msg.COLLECTION, record)
+        return z, logdet
+
+    def backward(self, mode, stacks, kept, z_out, dz, dlogdet):
+        """The backward loop: [d z_in, d logdet_in] + each param's gradient stack."""
+        wanted = set(self.prefix + name for name in self.names)
+
+        def body(i, z_next, dz, *grad_arrays):
+            z_kept = kept.read(i) if mode == "recompute" else None
+            with self.in_step(i, stacks) as step_scope:
+                z_next, dz, grads = msg.step_backward(self.step, step_scope, mode, z_kept, z_next, dz, dlogdet,
+                                                      wanted)
+            written = []
+            for name, ta in zip(self.names, grad_arrays):
+                g = msg.sum_gradients(grads.get(self.prefix + name))
+                if g is None:
+                    g = tf.zeros(self.like[name][1], self.like[name][0])
+                written.append(ta.write(i, g))
+            return [z_next, dz] + written
+
+        grad_arrays = [tf.TensorArray(self.like[name][0], size=self.depth, element_shape=self.like[name][1])
+                       for name in self.names]
+        out = _loop(self.depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
+        # d logdet_in = d logdet_out: each step adds to the log-det it is given.
+        return [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
+
+    def inputs_both_ways(self, record, z_in, logdet):
+        """[depth, ...] stacks of each step's input from the forward pass, and
+        as the backward pass has it (the same for 'recompute'; the steps'
+        inverses from the level's output for 'invertible'):
+        memory_saving_gradients.reconstruction_error's diagnostic."""
+        def arrays():
+            return tf.TensorArray(z_in.dtype, size=self.depth, element_shape=z_in.get_shape())
+
+        forward_inputs = self.forward(z_in, logdet, record.stacks, False, arrays())[2].stack()
+        if record.mode == "recompute":
+            return forward_inputs, forward_inputs
+        rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, arrays(), backwards=True)
+        # Written before each inverse: row i is step i's output, step i+1's
+        # input; step 0's input is what the last inverse returns.
+        outputs = rebuilt[2].stack()
+        return forward_inputs, tf.concat([rebuilt[0][None], outputs[:-1]], axis=0)
+
+
+# -- checkpoints ---------------------------------------------------------------------
+
+
+def convert_checkpoint(reader, shapes):
+    """The values of the variables `shapes` ({key: shape}) from a checkpoint
+    reader whose step variables may be in the other layout (unrolled or
+    looped; slots and averages included): ({key: value}, the checkpoint keys
+    used, [the keys found in neither layout])."""
+    have = reader.get_variable_to_shape_map()
+    rows = {}  # stacked key -> {step: the checkpoint's key of that step's variable}
+    for key in have:
+        stacked = step_key(key)
+        if stacked is not None:
+            rows.setdefault(stacked[0], {})[stacked[1]] = key
+    values, missing, used = {}, [], set()
+    for key, shape in sorted(shapes.items()):
+        stacked = step_key(key)
+        if key in have:
+            values[key] = np.asarray(reader.get_tensor(key))
+            used.add(key)
+        elif stacked is not None and stacked[0] in have:
+            values[key] = reader.get_tensor(stacked[0])[stacked[1]]
+            used.add(stacked[0])
+        elif key in rows and sorted(rows[key]) == list(range(shape[0] if shape else 0)):
+            values[key] = np.stack([reader.get_tensor(rows[key][i]) for i in range(shape[0])])
+            used.update(rows[key].values())
+        else:
+            missing.append(key)
+            continue
+        if list(values[key].shape) != list(shape):
+            missing.append("%s (shape %s in the checkpoint, %s here)" % (key, list(values[key].shape), shape))
+    return values, used, missing
