@@ -1,19 +1,13 @@
 """Checkpoints and the run state they carry.
 
-A checkpoint holds the weights, the optimizer's state, and two JSON strings:
-`run/config`, the run's config (config.py's, whose architecture fields
-rebuild the model: a run folder describes itself), and `run/state`, the
-`RunState` (step, epoch, images processed, learning-rate and loss scales,
-best test loss), saved and restored with the weights as one thing.
-
-Layout of a run folder: checkpoints/ (the latest two) and best/ (the best
-test loss), each a TF checkpoint folder whose `checkpoint` index TF updates
-atomically after the files are written, so a crash mid-save leaves the
+A checkpoint holds the weights, the optimizer's state and two JSON strings: `run/config`, the run's config (its
+architecture fields rebuild the model: a run folder describes itself), and `run/state`, the `RunState`, saved and
+restored with the weights as one thing. A run folder keeps checkpoints/ (the latest two) and best/ (the best test
+loss); TF rewrites each folder's `checkpoint` index atomically after the files, so a crash mid-save leaves the
 previous checkpoint in force.
 """
 import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
@@ -30,21 +24,15 @@ _LEGACY_STATE = {"run/epoch": "epoch", "run/n_processed": "n_processed", "run/lr
 
 
 class RunState(object):
-    """Where a run is: `step` (training steps done), `epoch` (epochs
-    finished), `n_processed` (images at --anchor_size, openai/glow's
-    progress measure), `lr_scale` (lowered by each recovery from non-finite
-    steps), `loss_scale` (the current loss scale), `best_test` (best test
-    loss so far, of the weights best/ follows)."""
+    """Where a run is: `step` (training steps done), `epoch` (epochs finished), `n_processed` (images at
+    --anchor_size, openai/glow's progress measure), `lr_scale` (lowered by each recovery from non-finite steps),
+    `loss_scale` (the current loss scale), `best_test` (best test loss so far, of the weights best/ follows)."""
 
     FIELDS = ("step", "epoch", "n_processed", "lr_scale", "loss_scale", "best_test")
 
     def __init__(self, step=0, epoch=0, n_processed=0, lr_scale=1.0, loss_scale=1.0, best_test=float("inf")):
-        self.step = int(step)
-        self.epoch = int(epoch)
-        self.n_processed = int(n_processed)
-        self.lr_scale = float(lr_scale)
-        self.loss_scale = float(loss_scale)
-        self.best_test = float(best_test)
+        self.step, self.epoch, self.n_processed = int(step), int(epoch), int(n_processed)
+        self.lr_scale, self.loss_scale, self.best_test = float(lr_scale), float(loss_scale), float(best_test)
 
     def as_dict(self):
         return dict((k, getattr(self, k)) for k in self.FIELDS)
@@ -81,23 +69,15 @@ def resolve(path):
 
 
 def saved_config(prefix):
-    """The run config a checkpoint was written with (a dict), or, for a
-    checkpoint written before checkpoints carried it, the first line of its
-    run folder's train.txt; None when neither exists (the flags given must
-    then describe the model)."""
+    """The run config a checkpoint was written with (a dict), or, for a checkpoint written before checkpoints
+    carried it, the first line of its run folder's train.txt; None when neither exists (the flags given must then
+    describe the model)."""
     reader = tf.train.load_checkpoint(prefix)
     if reader.has_tensor(CONFIG_KEY):
-        return json.loads(_text(reader.get_tensor(CONFIG_KEY)))
+        return json.loads(tf.compat.as_text(reader.get_tensor(CONFIG_KEY)))
     log = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "train.txt")
-    if os.path.exists(log):
-        lines = utils.read_jsonl(log, skip_invalid=True)
-        if lines:
-            return lines[0]
-    return None
-
-
-def _text(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    lines = utils.read_jsonl(log, skip_invalid=True) if os.path.exists(log) else None
+    return lines[0] if lines else None
 
 
 def step_of(prefix):
@@ -135,28 +115,22 @@ class Checkpoints(object):
         return saver.save(sess, os.path.join(folder, "model.ckpt"), global_step=state.step, write_meta_graph=False)
 
     def restore(self, sess, prefix):
-        """Load checkpoint `prefix` (either step layout, see looped.py) into
-        the graph's variables. Returns its RunState (the default one for a
-        checkpoint that has none)."""
+        """Load checkpoint `prefix` (either step layout, see looped.py) into the graph's variables. Returns its
+        RunState (the default one for a checkpoint that has none)."""
         reader = tf.train.load_checkpoint(prefix)
-        scratch = tempfile.mkdtemp(prefix="glow-restore-")
-        try:
+        with tempfile.TemporaryDirectory(prefix="glow-restore-") as scratch:
             defaults = {CONFIG_KEY: self.config_json, STATE_KEY: RunState().to_json()}
             self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, defaults))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         sess.run(self._set_config)
         if reader.has_tensor(STATE_KEY):
-            return RunState.from_json(_text(reader.get_tensor(STATE_KEY)))
+            return RunState.from_json(tf.compat.as_text(reader.get_tensor(STATE_KEY)))
         legacy = dict((field, reader.get_tensor(key).item()) for key, field in _LEGACY_STATE.items()
                       if reader.has_tensor(key))
         return RunState(step=step_of(prefix), **legacy)
 
     def adopt(self, logdir):
-        """Count the checkpoints an earlier run left in logdir as this run's
-        own, so that saving prunes them too (a Saver prunes only what it
-        wrote). Only on --resume: a new run must not delete what it did not
-        write."""
+        """Count the checkpoints an earlier run left in logdir as this run's own, so that saving prunes them too
+        (a Saver prunes only what it wrote). Only on --resume: a new run must not delete what it did not write."""
         for saver, sub in ((self.saver, "checkpoints"), (self.best_saver, "best")):
             found = tf.train.get_checkpoint_state(os.path.join(logdir, sub))
             if found is not None:
@@ -164,14 +138,11 @@ class Checkpoints(object):
 
 
 def in_layout(prefix, shapes, scratch_dir, defaults=None):
-    """A checkpoint holding the variables `shapes` ({key: shape}, a graph's
-    saver keys): `prefix` itself when it holds them all; else a copy written
-    under scratch_dir with step variables converted between the unrolled and
-    the looped layout (looped.convert_checkpoint) and the run/ strings an
-    older checkpoint lacks taken from `defaults` ({key: value}). A variable
-    found nowhere, or one of the checkpoint's that this model has no use for
-    (written with other flags: a smaller model must not load part of it and
-    train on), is a ValueError naming it."""
+    """A checkpoint holding the variables `shapes` ({key: shape}, a graph's saver keys): `prefix` itself when it
+    holds them all; else a copy written under scratch_dir with step variables converted between the unrolled and
+    the looped layout (looped.convert_checkpoint) and the run/ strings an older checkpoint lacks taken from
+    `defaults` ({key: value}). A variable found nowhere, or one in the checkpoint that this model has no use for
+    (written with other flags: a smaller model must not load part of it and train on), is a ValueError naming it."""
     reader = tf.train.load_checkpoint(prefix)
     have = reader.get_variable_to_shape_map()
     optional = set(k for k in (defaults or {}) if k in shapes and k not in have)
@@ -202,8 +173,7 @@ def _write(values, path):
     with tf.Graph().as_default():
         holders = [tf.placeholder(tf.string if values[k].dtype.kind in "OSU" else tf.as_dtype(values[k].dtype))
                    for k in keys]
-        save = tf.raw_ops.SaveV2(prefix=path, tensor_names=keys, shape_and_slices=[""] * len(keys),
-                                 tensors=holders)
+        save = tf.raw_ops.SaveV2(prefix=path, tensor_names=keys, shape_and_slices=[""] * len(keys), tensors=holders)
         with tf.Session() as sess:
             sess.run(save, dict(zip(holders, [values[k] for k in keys])))
     return path

@@ -1,17 +1,9 @@
-"""Command line and configuration of train.py.
-
-The flags are openai/glow's, with their names and defaults, so the paper's
-commands run as written (argparse accepts unique prefixes: `--n_level 3`).
-Words are accepted where openai/glow took integer codes. `derive_config`
-validates the flags against the data and the number of ranks and derives
-everything else once (batch sizes, iterations per epoch, beta2) into one
-read-only `Config`; `from_flags` builds one from code. A run's config is
-saved in its checkpoints (checkpoints.py): `adopt_run` takes a run's model
-flags from it, so modes and --resume need none, and refuses a given model
-flag that contradicts it.
+"""train.py's flags, openai/glow's names and defaults (the paper's commands run as written, unique prefixes too:
+`--n_level 3`; words are accepted for its integer codes), and the one read-only `Config` derived from them.
 """
 import argparse
 import math
+import sys
 
 import kernels
 
@@ -27,21 +19,16 @@ def _coded(codes, what):
 
     def parse(text):
         text = str(text).strip()
-        if text in codes:
-            return codes[text]
-        if text in words:
-            return text
-        raise argparse.ArgumentTypeError(
-            "%s %r: expected one of %s or its code %s"
-            % (what, text, ", ".join(words), ", ".join("%s=%s" % kv for kv in sorted(codes.items()))))
-
-    parse.__name__ = what
+        if text in codes or text in words:
+            return codes.get(text, text)
+        raise argparse.ArgumentTypeError("%s %r: expected one of %s or its code %s" % (
+            what, text, ", ".join(words), ", ".join("%s=%s" % kv for kv in sorted(codes.items()))))
     return parse
 
 
 def build_parser(defaults=True):
     """The flag table. defaults=False: no flag has a default, so parsing
-    gives only the flags given (`given_flags`)."""
+    gives only the flags given (`parse_args`' `given`)."""
     p = argparse.ArgumentParser(
         description="Train Glow (Kingma & Dhariwal 2018) with TF1 graph code on CPU, GPU or Ascend NPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -58,16 +45,13 @@ def build_parser(defaults=True):
     a("--problem", default="cifar10", help="data set, see data_loaders.PROBLEMS")
     a("--category", default="", help="LSUN category (a subfolder of --data_dir)")
     a("--data_dir", default="", help="folder with the data files (default: standard places, then download)")
-    a("--dal", type=int, default=1, choices=[0, 1, 2],
-      help="data augmentation level: 0 none, 1 random shifts, 2 shifts, flips, rotation, zoom, shear (openai/glow's). "
-           "Shifts are sub-pixel and resampled bilinearly, which blurs the training images: with 1 or 2 the training "
-           "bits/dim is not comparable with the test's (docs/RESULTS.md)")
+    a("--dal", type=int, default=1, choices=[0, 1, 2], help="data augmentation level: 0 none, 1 random shifts, 2 "
+      "shifts, flips, rotation, zoom, shear (openai/glow's); the sub-pixel shifts are bilinear and blur the training "
+      "images: training bits/dim is then not comparable with the test's (docs/RESULTS.md)")
     a("--fmap", type=int, default=1, help="(openai/glow's, accepted and ignored: files are read by one thread)")
     a("--pmap", type=int, default=16, help="(openai/glow's, accepted and ignored: decoding is not parallelised)")
-    a("--n_train", type=int, default=50000,
-      help="epoch size, in images at --anchor_size: an epoch is ceil(n_train / (n_batch_train x ranks)) steps, "
-           "drawn from the whole training set (see --train_subset); it sets the warm-up, beta2 and the "
-           "Polyak average's span")
+    a("--n_train", type=int, default=50000, help="epoch size in images at --anchor_size: ceil(n_train / (n_batch_train"
+      " x ranks)) steps from the whole training set (--train_subset); sets the warm-up, beta2 and the Polyak span")
     a("--n_test", type=int, default=-1, help="test images (-1: the whole test set)")
     a("--n_batch_train", type=int, default=64, help="minibatch per rank at --anchor_size")
     a("--n_batch_test", type=int, default=50, help="test minibatch per rank at --anchor_size")
@@ -81,8 +65,8 @@ def build_parser(defaults=True):
     a("--epochs_warmup", type=float, default=10, help="epochs of linear learning-rate warm-up")
     a("--epochs_full_valid", type=int, default=50, help="epochs between full test evaluations")
     a("--gradient_checkpointing", type=_coded(GRADIENT_CHECKPOINTING, "gradient_checkpointing"), default="1",
-      help="0/none: plain backprop; 1/recompute: recompute each flow step in the backward pass; "
-           "2/invertible: rebuild activations with the inverse")
+      help="0/none: plain backprop; 1/recompute: recompute each flow step in backprop; 2/invertible: rebuild "
+           "activations with the inverse")
     a("--image_size", type=int, default=-1, help="image size (-1: the problem's native size)")
     a("--anchor_size", type=int, default=32, help="image size at which the batch sizes are given")
     a("--width", type=int, default=512, help="channels of the coupling networks")
@@ -108,29 +92,25 @@ def build_parser(defaults=True):
     a("--backend", default="auto", choices=["auto", "none", "horovod", "hccl"], help="how ranks talk")
     a("--precision_mode", default="allow_fp32_to_fp16", help="Ascend precision mode (--device npu)")
     a("--xla", action="store_true", help="XLA JIT (CPU/GPU)")
-    a("--kernels", default="auto", choices=["auto", "plain", "cpu"],
-      help="how the coupling networks' convolutions are computed (kernels.py): plain tf.nn.conv2d, or CPU-tuned "
-           "matmuls (same function); auto: cpu on --device cpu, plain elsewhere")
-    a("--loop_steps", action="store_true",
-      help="run each level's flow steps as a tf.while_loop over variables stacked over the steps: the graph, "
-           "and the memory it takes, stop growing with --depth (checkpoints restore either way)")
+    a("--kernels", default="auto", choices=["auto", "plain", "cpu"], help="the coupling networks' convolutions "
+      "(kernels.py): plain tf.nn.conv2d or CPU-tuned matmuls (same function); auto: cpu on --device cpu, else plain")
+    a("--loop_steps", action="store_true", help="each level's flow steps as a tf.while_loop over stacked variables: "
+      "the graph and its memory stop growing with --depth (checkpoints restore either way)")
     a("--loss_scale", default="1", help="loss scaling for reduced precision: a number (1: off) or 'dynamic'")
     a("--resume", action="store_true", help="continue from the latest checkpoint in --logdir")
     a("--save_every", type=int, default=1, help="epochs between checkpoints")
     a("--max_nonfinite", type=int, default=10,
       help="consecutive skipped (non-finite) steps before restoring the last good checkpoint")
     a("--lr_backoff", type=float, default=0.5, help="learning-rate factor applied at each such recovery")
-    a("--train_subset", type=int, default=None,
-      help="train on the first N training images only (default: all of them)")
+    a("--train_subset", type=int, default=None, help="train on the first N training images only (default: all)")
     a("--n_channels", type=int, default=None, choices=[1, 3], help="MNIST-like problems: 1 (default) or 3 channels")
     a("--evaluate", action="store_true", help="test bits/dim of --restore_path (or the latest checkpoint), then exit")
     a("--n_dequant_draws", type=int, default=1, help="with --evaluate: average over this many noise draws")
     a("--per_image", action="store_true",
       help="with --evaluate: also write every test image's bits/dim to LOGDIR/test_bits_per_image.csv")
-    a("--weights", default="raw", choices=["raw", "polyak"],
-      help="the weights best/ is chosen by and --sample and --inference use: the raw weights (the paper's and "
-           "openai/glow's test figure) or their Polyak average; test lines report both, epoch samples use the "
-           "better")
+    a("--weights", default="raw", choices=["raw", "polyak"], help="the weights best/ is chosen by and --sample and "
+      "--inference use: raw (the paper's test figure) or their Polyak average; test lines give both, epoch samples "
+      "use the better")
     a("--sample", type=int, default=0, metavar="N", help="write N samples of the checkpoint to a PNG grid, then exit")
     a("--temperature", type=float, default=0.7, help="with --sample")
     a("--tensorboard", action="store_true", help="also write TensorBoard summaries")
@@ -139,73 +119,69 @@ def build_parser(defaults=True):
 
 
 def parse_args(argv=None):
-    """Parse the command line; unknown arguments are an error except on
-    ModelArts, whose launcher adds its own (they are reported)."""
+    """Parse the command line; unknown arguments are an error except on ModelArts, whose launcher adds its own:
+    they are reported (a misspelt flag of ours too) and kept in the config. `given`: the flags given."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not (args.data_url or args.train_url):
         parser.error("unrecognized arguments: %s" % " ".join(unknown))
+    if unknown:
+        sys.stderr.write("ignoring unknown arguments: %s\n" % " ".join(unknown))
     args.unknown_args = unknown
     args.given = sorted(vars(build_parser(defaults=False).parse_known_args(argv)[0]))
     return args
 
 
-def check_args(args):
-    """Errors that need no data: impossible values and flag combinations."""
-    def bad(msg):
-        raise ValueError(msg)
+def _is_loss_scale(text):
+    try:
+        return text == "dynamic" or (float(text) >= 1 and math.isfinite(float(text)))
+    except ValueError:
+        return False
 
-    if args.lu:
-        if args.flow_permutation not in ("invconv", "invconv_lu"):
-            bad("--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation)
-    for name in ("n_train", "n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
-                 "epochs_full_valid", "epochs_full_sample", "anchor_size", "save_every", "max_nonfinite",
-                 "n_dequant_draws"):
-        if getattr(args, name) < 1:
-            bad("--%s %d: must be >= 1" % (name, getattr(args, name)))
-    if args.lr <= 0 or not math.isfinite(args.lr):
-        bad("--lr %r: must be a positive number" % args.lr)
-    if not 0 <= args.beta1 < 1:
-        bad("--beta1 %r: must be in [0, 1)" % args.beta1)
-    if not 0 < args.weight_decay <= 1:
-        bad("--weight_decay %r: multiplies the weights each step, must be in (0, 1] (1: off)" % args.weight_decay)
-    if not (args.polyak_epochs > 0 and math.isfinite(args.polyak_epochs)):
-        bad("--polyak_epochs %r: must be a number > 0" % args.polyak_epochs)
-    if not (args.epochs_warmup >= 0 and math.isfinite(args.epochs_warmup)):
-        bad("--epochs_warmup %r: must be a number >= 0" % args.epochs_warmup)
-    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-        bad("--temperature %r: must be a number >= 0 (1: the model's own spread)" % args.temperature)
-    if args.n_test != -1 and args.n_test < 1:
-        bad("--n_test %d: must be -1 (the whole test set) or >= 1" % args.n_test)
-    if not 1 <= args.n_bits_x <= 8:
-        bad("--n_bits_x %d: must be in 1..8" % args.n_bits_x)
-    if args.image_size != -1 and (args.image_size < 2 or args.image_size & (args.image_size - 1)):
-        bad("--image_size %d: must be a power of two (e.g. 32), or -1 for the problem's size" % args.image_size)
-    if args.image_size != -1 and args.image_size < 2 ** args.n_levels:
-        bad("--image_size %d is too small for --n_levels %d: needs at least %d"
-            % (args.image_size, args.n_levels, 2 ** args.n_levels))
-    if args.weight_y > 0 and not args.ycond:
-        bad("--weight_y %r needs --ycond (the class loss reads the class-conditional prior)" % args.weight_y)
-    if args.resume and args.restore_path:
-        bad("--resume and --restore_path: --resume continues --logdir's own run; pick one")
+
+# Flags with a range of their own: (flag, test, what is accepted).
+_RANGES = [(name, lambda v: v >= 1, "must be >= 1") for name in (
+    "n_train", "n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
+    "epochs_full_valid", "epochs_full_sample", "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws")] + [
+    ("lr", lambda v: v > 0 and math.isfinite(v), "must be a positive number"),
+    ("beta1", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("weight_decay", lambda v: 0 < v <= 1, "multiplies the weights each step, must be in (0, 1] (1: off)"),
+    ("polyak_epochs", lambda v: v > 0 and math.isfinite(v), "must be a number > 0"),
+    ("epochs_warmup", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
+    ("temperature", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (1: the model's own spread)"),
+    ("n_test", lambda v: v == -1 or v >= 1, "must be -1 (the whole test set) or >= 1"),
+    ("n_bits_x", lambda v: 1 <= v <= 8, "must be in 1..8"),
+    ("lr_backoff", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("loss_scale", _is_loss_scale, "must be a number >= 1 or 'dynamic'"),
+    ("sample", lambda v: v >= 0, "must be >= 0"),
+    ("max_steps", lambda v: v >= 0, "must be >= 0")]
+
+
+def check_args(args):
+    """Errors that need no data: impossible values and flag combinations,
+    each a ValueError naming the value and what would be accepted."""
+    for name, ok, accepted in _RANGES:
+        if not ok(getattr(args, name)):
+            raise ValueError("--%s %r: %s" % (name, getattr(args, name), accepted))
+    size = args.image_size
     modes = [m for m in ("inference", "evaluate") if getattr(args, m)] + (["sample"] if args.sample else [])
-    if len(modes) > 1:
-        bad("--%s: pick one mode" % " and --".join(modes))
-    if not 0 < args.lr_backoff <= 1:
-        bad("--lr_backoff %r: must be in (0, 1]" % args.lr_backoff)
-    if args.device == "npu" and args.xla:
-        bad("--xla with --device npu: the NPU compiles graphs itself; drop --xla")
-    if args.loss_scale != "dynamic":
-        try:
-            scale = float(args.loss_scale)
-        except ValueError:
-            scale = float("nan")
-        if not scale >= 1 or not math.isfinite(scale):
-            bad("--loss_scale %r: must be a number >= 1 or 'dynamic'" % args.loss_scale)
-    if args.per_image and not args.evaluate:
-        bad("--per_image writes --evaluate's per-image figures: add --evaluate")
-    if args.sample < 0 or args.max_steps < 0:
-        bad("--sample and --max_steps must be >= 0")
+    combinations = [
+        (args.lu and args.flow_permutation not in ("invconv", "invconv_lu"),
+         "--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation),
+        (size != -1 and (size < 2 or size & (size - 1)),
+         "--image_size %d: must be a power of two (e.g. 32), or -1 for the problem's size" % size),
+        (size != -1 and size < 2 ** args.n_levels, "--image_size %d is too small for --n_levels %d: needs at least %d"
+         % (size, args.n_levels, 2 ** args.n_levels)),
+        (args.weight_y > 0 and not args.ycond,
+         "--weight_y %r needs --ycond (the class loss reads the class-conditional prior)" % args.weight_y),
+        (args.resume and args.restore_path,
+         "--resume and --restore_path: --resume continues --logdir's own run; pick one"),
+        (len(modes) > 1, "--%s: pick one mode" % " and --".join(modes)),
+        (args.device == "npu" and args.xla, "--xla with --device npu: the NPU compiles graphs itself; drop --xla"),
+        (args.per_image and not args.evaluate, "--per_image writes --evaluate's per-image figures: add --evaluate")]
+    for failed, message in combinations:
+        if failed:
+            raise ValueError(message)
 
 
 class Config(object):
@@ -213,40 +189,39 @@ class Config(object):
     as attributes; read-only once built (a changed copy: `replace`)."""
 
     def __init__(self, fields):
-        object.__setattr__(self, "_fields", dict(fields))
+        self.__dict__.update(fields)
 
-    def __getattr__(self, name):
-        try:
-            return self._fields[name]
-        except KeyError:
-            raise AttributeError("config has no field %r" % name)
+    def __getattr__(self, name):  # only called for a name that is not a field
+        raise AttributeError("config has no field %r" % name)
 
     def __setattr__(self, name, value):
         raise AttributeError("config is read-only: cannot set %s (derive_config sets everything once)" % name)
 
     def as_dict(self):
-        return dict(self._fields)
+        return dict(self.__dict__)
 
     def replace(self, **changes):
-        return Config(dict(self._fields, **changes))
+        return Config(dict(self.__dict__, **changes))
 
 
-# The flags that define the model, each with the saved config's field that
-# holds its effect (a run folder's config: checkpoints.saved_config).
+# The model flags, each with the field of a run's saved config (checkpoints.saved_config) that holds its effect.
 MODEL_FLAGS = (("n_levels", "n_levels"), ("depth", "depth"), ("width", "width"),
                ("flow_permutation", "permutation"), ("flow_coupling", "coupling"), ("n_bits_x", "n_bits_x"),
                ("learntop", "learntop"), ("ycond", "ycond"), ("weight_y", "weight_y"),
                ("image_size", "image_size"), ("n_channels", "n_channels"))
+# Flags that --resume keeps from the command line (or their defaults), not from the run.
+_NOT_ADOPTED_ON_RESUME = {
+    "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
+    "precision_mode", "tensorboard", "verbose", "max_steps", "epochs", "evaluate", "sample", "inference",
+    "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
 
 
 def adopt_run(args, saved, source):
-    """args with the model flags (and the problem, unless given) of a run's
-    saved config, for --resume, --restore_path and the modes: they rebuild
-    the model with no model flag. A model flag given that contradicts the
-    run is a ValueError naming both values; with --resume the run's other
-    training flags are its own too, unless given. `source` names the run."""
-    given = set(args.given)
-    values = dict(vars(args))
+    """args with the model flags (and the problem, unless given) of a run's saved config, for --resume,
+    --restore_path and the modes: they rebuild the model with no model flag. A model flag given that contradicts
+    the run is a ValueError naming both values; with --resume the run's other training flags are its own too,
+    unless given. `source` names the run."""
+    given, values = set(args.given), dict(vars(args))
     for flag, field in MODEL_FLAGS:
         ours = "invconv_lu" if flag == "flow_permutation" and args.lu else getattr(args, flag)
         if flag in given or (flag == "flow_permutation" and "lu" in given):
@@ -256,24 +231,15 @@ def adopt_run(args, saved, source):
         values[flag] = saved.get(field, values[flag])
     values["lu"] = False
     adopted = ["problem", "category"] + (sorted(set(vars(args)) - _NOT_ADOPTED_ON_RESUME) if args.resume else [])
-    for flag in adopted:
-        if flag not in given and flag in saved:
-            values[flag] = saved[flag]
+    values.update((flag, saved[flag]) for flag in adopted if flag not in given and flag in saved)
     return argparse.Namespace(**values)
-
-
-_NOT_ADOPTED_ON_RESUME = {
-    "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
-    "precision_mode", "tensorboard", "verbose", "max_steps", "epochs", "evaluate", "sample", "inference",
-    "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
 
 
 def from_flags(image_shape, n_y, n_train, n_test, n_ranks=1, **flags):
     """A Config from code: the flags' defaults with `flags` (by name, values
     as Python objects or as on the command line) and the data's facts."""
     parser = build_parser()
-    args = parser.parse_args([])
-    by_dest = dict((action.dest, action) for action in parser._actions)
+    args, by_dest = parser.parse_args([]), dict((action.dest, action) for action in parser._actions)
     for name, value in flags.items():
         if name not in by_dest or name == "help":
             raise ValueError("from_flags: no flag --%s" % name)
@@ -285,13 +251,12 @@ def from_flags(image_shape, n_y, n_train, n_test, n_ranks=1, **flags):
 
 
 def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
-    """One validated, read-only Config from the flags, the data's facts
-    (n_train and n_test: the images in its splits) and the ranks.
+    """One validated, read-only Config from the flags, the data's facts (n_train, n_test: the images of its splits)
+    and the ranks. An epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks)) steps of the streamed
+    data, whatever its size; n_processed counts --anchor_size images.
 
-    An epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks))
-    steps, whatever the training set's size (the data is streamed across
-    epochs); progress (n_processed, for the warm-up) counts images at
-    --anchor_size, as openai/glow did."""
+    Batch sizes are given at --anchor_size and scaled by the pixel count, so memory per step stays about the same
+    (openai/glow's lookup table raised KeyError off its sizes; any size that leaves one image works)."""
     check_args(args)
     image_size = image_shape[0]
     if image_size % 2 ** args.n_levels:
@@ -299,67 +264,38 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
                          % (image_size, args.n_levels, 2 ** args.n_levels))
     if args.ycond and n_y < 2:
         raise ValueError("--ycond on --problem %s: it has no class labels (n_y = %d)" % (args.problem, n_y))
-    cfg = dict(vars(args))
-    cfg["ignored_args"] = cfg.pop("unknown_args", None) or []
-    cfg.update(_batch_sizes(args, image_size, n_train, n_ranks))
+    scale = float(args.anchor_size ** 2) / (image_size * image_size)
+    batch = dict((name, int(getattr(args, "n_batch_" + name) * scale)) for name in ("train", "test", "init"))
+    for name in ("train", "init"):
+        if batch[name] < 1:
+            raise ValueError("--n_batch_%s %d at --anchor_size %d is less than one %dx%d image per rank; raise it"
+                             % (name, getattr(args, "n_batch_" + name), args.anchor_size, image_size, image_size))
+    if n_train // n_ranks < batch["train"]:
+        raise ValueError("%d training images over %d rank(s) give %d per rank, fewer than one batch of %d "
+                         "(--n_batch_train %d at --anchor_size %d, for %d px images)"
+                         % (n_train, n_ranks, n_train // n_ranks, batch["train"], args.n_batch_train, args.anchor_size,
+                            image_size))
     train_its = -(-args.n_train // (args.n_batch_train * n_ranks))
     if train_its * args.polyak_epochs <= 1:
         raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
                          "more than one step to average over; use more data or a larger --polyak_epochs"
                          % (train_its, args.polyak_epochs))
+    cfg = dict(vars(args), local_batch_train=batch["train"], local_batch_init=batch["init"],
+               # At least one test image: it changes no result (openai/glow took 1
+               # at 256 px, where the paper's CelebA command gives 50 x 32^2/256^2 < 1).
+               local_batch_test=max(1, batch["test"]), images_per_step=batch["train"] * n_ranks)
     cfg.update(
-        image_size=image_size,
-        image_shape=list(image_shape),
-        n_y=n_y,
-        n_train_images=n_train,
-        n_test=n_test,
-        n_ranks=n_ranks,
-        # Plain 1x1 convs need float64 determinants and inverses, which the
-        # NPU's compute cores do not run: on the NPU the LU form is used.
+        ignored_args=cfg.pop("unknown_args", None) or [], image_size=image_size, image_shape=list(image_shape),
+        n_y=n_y, n_train_images=n_train, n_test=n_test, n_ranks=n_ranks, train_its=train_its,
+        # Plain 1x1 convs need float64 determinants and inverses, which the NPU does not run: there the LU form is used.
         permutation="invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv")
         else args.flow_permutation,
-        coupling=args.flow_coupling,
-        kernels=kernels.for_device(args.device, args.kernels),
-        train_its=train_its,
-        # openai/glow: beta2 (Adam's second moment and the Polyak average)
-        # averages over polyak_epochs epochs.
+        coupling=args.flow_coupling, kernels=kernels.for_device(args.device, args.kernels),
+        # openai/glow: beta2 (Adam's second moment and the Polyak average) averages over polyak_epochs epochs.
         beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
         # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
-        anchor_images_per_step=args.n_batch_train * n_ranks,
-    )
+        anchor_images_per_step=args.n_batch_train * n_ranks)
     return Config(cfg)
-
-
-def _batch_sizes(args, image_size, n_train, n_ranks):
-    """Per-rank batch sizes. As openai/glow's, they are given at
-    --anchor_size and scaled by the pixel count, so that memory per step
-    stays about the same at other image sizes; unlike openai/glow's lookup
-    table (a KeyError elsewhere), any size that leaves one image per batch
-    works."""
-    scale = float(args.anchor_size ** 2) / (image_size * image_size)
-
-    def scaled(n, name):
-        value = int(n * scale)
-        if value < 1:
-            raise ValueError("--%s %d at --anchor_size %d is less than one %dx%d image per rank; raise it"
-                             % (name, n, args.anchor_size, image_size, image_size))
-        return value
-
-    local_batch_train = scaled(args.n_batch_train, "n_batch_train")
-    per_rank = n_train // n_ranks
-    if per_rank < local_batch_train:
-        raise ValueError("%d training images over %d rank(s) give %d per rank, fewer than one batch of %d "
-                         "(--n_batch_train %d at --anchor_size %d, for %d px images)"
-                         % (n_train, n_ranks, per_rank, local_batch_train, args.n_batch_train, args.anchor_size,
-                            image_size))
-    return dict(
-        local_batch_train=local_batch_train,
-        # At least one image: the test batch changes no result (openai/glow
-        # ignored --n_batch_test and took 1 at 256 px, so the paper's CelebA
-        # command leaves 50 x 32^2/256^2 < 1 here).
-        local_batch_test=max(1, int(args.n_batch_test * scale)),
-        local_batch_init=scaled(args.n_batch_init, "n_batch_init"),
-        images_per_step=local_batch_train * n_ranks)
 
 
 def lr_at(cfg, n_processed):
@@ -370,13 +306,9 @@ def lr_at(cfg, n_processed):
 
 
 def is_eval_epoch(cfg, epoch):
-    """The epochs openai/glow reported on (1-9, every 10th to 50, every
-    epochs_full_valid), plus the last. openai/glow ran the test set only at
-    every epochs_full_valid-th of them; this tests at each, for a test curve
-    from the start (training is the same; the best checkpoint is picked from
-    more epochs)."""
-    return epoch < 10 or (epoch < 50 and epoch % 10 == 0) or epoch % cfg.epochs_full_valid == 0 \
-        or epoch == cfg.epochs
+    """The epochs openai/glow reported on (1-9, every 10th to 50, every epochs_full_valid), plus the last; it ran
+    the test set only at every epochs_full_valid-th, this at each (a test curve from the start)."""
+    return epoch < 10 or (epoch < 50 and epoch % 10 == 0) or epoch % cfg.epochs_full_valid == 0 or epoch == cfg.epochs
 
 
 def is_sample_epoch(cfg, epoch):

@@ -1,28 +1,17 @@
-"""--loop_steps: each level's flow steps as one tf.while_loop over one copy of
-the step, everything about it in this module.
+"""--loop_steps: a level's flow steps as one tf.while_loop over one copy of the step. Graph memory follows the ops:
+an unrolled level holds `depth` copies of the step's ops (and of their gradient's), a looped one holds one.
 
-In TF graph mode memory follows the ops: an unrolled level holds `depth`
-copies of the step's ops (and of their gradient's), a looped one holds one.
-Each variable of the steps becomes one variable stacked over them, shape
-[depth, ...], under the level's scope `step/` (step_key names the mapping:
-unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so
-the optimizer, the Polyak average and the saver do not grow with depth
-either. Iteration i reads row i of each stack through a custom getter.
+Each step variable becomes one variable stacked over the steps, [depth, ...], under the level's scope `step/`
+(step_key: unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so the optimizer, the Polyak
+averages and the saver do not grow with depth either; iteration i reads row i through a custom getter.
+`convert_checkpoint` converts checkpoints between the layouts, both ways: a run resumes, evaluates or samples with
+or without --loop_steps.
 
-- `runner(mode)`: a model.Glow `run_steps` that runs levels this way, with
-  the gradient of memory_saving_gradients' `mode` in the graph built for
-  gradients: 'none' differentiates through the loop (TF keeps every
-  iteration's activations); 'recompute' keeps each step's input in a
-  TensorArray and 'invertible' only the level's output, and the backward
-  pass is a second loop, last step to first, over
-  memory_saving_gradients.step_backward.
-- The data-dependent init pass is a loop too: an iteration has no variable
-  of its own to assign, so the getter hands tfops.get_variable_ddi an
-  object whose `assign` collects the step's statistics; they leave the loop
-  as rows of a TensorArray and are assigned after it.
-- `convert_checkpoint`: checkpoints convert between the unrolled and the
-  looped layout on restore, both ways, so a run resumes, evaluates or
-  samples with or without --loop_steps.
+`runner(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations);
+'recompute' keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is
+a second loop, last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop
+too; an iteration has no variable of its own to assign, so tfops.get_variable_ddi gets an _InitValue that collects
+the step's statistics, assigned after the loop.
 """
 import collections
 import re
@@ -38,13 +27,10 @@ _UNROLLED_STEP = re.compile(r"^(.*?/\d+)/(\d+)/(.+)$")
 
 
 def step_key(name):
-    """A looped build's stacked variable name (or checkpoint key, a slot's
-    included) for an unrolled build's, with the step: ("model/0/step/actnorm/b",
-    3) for "model/0/3/actnorm/b"; None for names that are not a step's."""
+    """A looped build's stacked variable name (or checkpoint key, a slot's included) for an unrolled build's,
+    with the step: ("model/0/step/actnorm/b", 3) for "model/0/3/actnorm/b"; None for names that are not a step's."""
     match = _UNROLLED_STEP.match(name)
-    if match is None:
-        return None
-    return "%s/%s/%s" % (match.group(1), STEP_SCOPE, match.group(3)), int(match.group(2))
+    return None if match is None else ("%s/%s/%s" % (match.group(1), STEP_SCOPE, match.group(3)), int(match.group(2)))
 
 
 def runner(mode="none"):
@@ -59,29 +45,22 @@ def runner(mode="none"):
             return level.ddi(z, logdet)
         if for_gradients and mode != "none" and not reverse:
             return level.checkpointed(z, logdet, mode)
-        return level.plain(z, logdet, reverse)
+        # Differentiable forward (each gather gives its row of the gradient), or the inverse (never differentiated).
+        return tuple(level.forward(z, logdet, level.reads(), True, backwards=reverse)[:2])
 
     return run_steps
 
 
-# -- stacked variables -----------------------------------------------------------
-
-
 def _stacked_variables(make_step, depth, z):
-    """Under a level's variable scope: its steps' variables, each stacked over
-    the steps as `STEP_SCOPE/<name>` [depth, ...], as the scope's custom
-    getter gives them (an evaluation graph's: the Polyak averages):
-    ({name: value} of the trainable float variables, {the same} of the
-    others). The first graph to ask creates them (_create_stacked)."""
+    """Under a level's variable scope: its steps' variables, each stacked over the steps as `STEP_SCOPE/<name>`
+    [depth, ...], as the scope's custom getter gives them (an evaluation graph's: the Polyak averages):
+    ({name: value} of the trainable float variables, {the same} of the others). The first graph to ask creates
+    them (_create_stacked)."""
     prefix = tf.get_variable_scope().name + "/" + STEP_SCOPE + "/"
-
-    def stacked():
-        return [v for v in tf.global_variables() if v.op.name.startswith(prefix)]
-
-    if not stacked():
+    if not any(v.op.name.startswith(prefix) for v in tf.global_variables()):
         _create_stacked(make_step, depth, z)
     params, constants = {}, {}
-    for v in stacked():
+    for v in [v for v in tf.global_variables() if v.op.name.startswith(prefix)]:
         name = v.op.name[len(prefix):]
         with tf.variable_scope(STEP_SCOPE, reuse=True):
             value = tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype, trainable=v.trainable)
@@ -90,13 +69,11 @@ def _stacked_variables(make_step, depth, z):
 
 
 def _create_stacked(make_step, depth, z):
-    """Create a level's stacked variables without building `depth` steps in
-    this graph: each step is built alone in a scratch graph, under an
-    unrolled build's scope names and graph seed, which records what it asks
-    tf.get_variable for; each stacked variable's initial value stacks the
-    steps'. Initial values drawn in NumPy from the scope's name
-    (tfops.layer_rng: 1x1 convs, permutations) are an unrolled build's, row
-    by row; TF's random initialisers draw the whole stack at once."""
+    """Create a level's stacked variables without building `depth` steps in this graph: each step is built alone
+    in a scratch graph, under an unrolled build's scope names and graph seed, which records what it asks
+    tf.get_variable for; each stacked variable's initial value stacks the steps'. Initial values drawn in NumPy
+    from the scope's name (tfops.layer_rng: 1x1 convs, permutations) are an unrolled build's, row by row; TF's
+    random initialisers draw the whole stack at once."""
     scope = tf.get_variable_scope().name
     requests = collections.OrderedDict()  # name in the step -> [each step's tf.get_variable kwargs]
 
@@ -122,123 +99,85 @@ def _stacked_request(name, steps):
     first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
     inits = [s.get("initializer") for s in steps]
     if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
-        first["initializer"] = np.stack([np.asarray(i) for i in inits])
-        first["shape"] = None
-        return first
+        return dict(first, initializer=np.stack([np.asarray(i) for i in inits]), shape=None)
     same = all(type(i) is type(inits[0]) and hasattr(i, "get_config") and i.get_config() == inits[0].get_config()
                for i in inits)
     if not same or first.get("shape") is None:
         raise ValueError("looped steps: variable %r has initialisers %r, which cannot be stacked (expected NumPy "
                          "values, or one TF initializer object of the same config for every step)"
                          % (name, sorted(set(type(i).__name__ for i in inits))))
-    first["shape"] = [len(steps)] + list(tf.TensorShape(first["shape"]).as_list())
-    return first
+    return dict(first, shape=[len(steps)] + list(tf.TensorShape(first["shape"]).as_list()))
 
 
-class _InitValue(object):
+class _InitValue(collections.namedtuple("_InitValue", "name recorded")):
     """What the init pass's getter returns for a data-dependent variable:
     `assign` records the value instead of assigning it."""
-
-    def __init__(self, name, recorded):
-        self.name = name
-        self.recorded = recorded
 
     def assign(self, value):
         self.recorded.append((self.name, value))
         return value
 
 
-class _StackedGetter(object):
-    """Custom getter of a loop's body: the step's variable
-    `<scope>/step/<name>` is row i of stacks[name]; with `recorded` (the
-    init pass), data-dependent variables are _InitValues."""
-
-    def __init__(self, prefix, stacks, i, recorded=None):
-        self.prefix = prefix
-        self.stacks = stacks
-        self.i = i
-        self.recorded = recorded
-
-    def __call__(self, getter, name, *args, **kwargs):
-        key = name[len(self.prefix):] if name.startswith(self.prefix) else None
-        if key not in self.stacks:
-            raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
-                             % (name, ", ".join(sorted(self.stacks)), self.prefix))
-        if self.recorded is not None and isinstance(kwargs.get("initializer"), tfops.DataDependent):
-            return _InitValue(key, self.recorded)
-        return tf.gather(self.stacks[key], self.i)
-
-
 def _loop(n, body, loop_vars, backwards=False, back_prop=True):
-    """for i in range(n) (or reversed): loop_vars = body(i, *loop_vars), as
-    one tf.while_loop; returns the final loop_vars. One iteration at a time:
-    overlapping iterations would hold several steps' internals at once."""
-    def cond(i, *_):
-        return i >= 0 if backwards else i < n
-
+    """for i in range(n) (or reversed): loop_vars = body(i, *loop_vars), as one tf.while_loop; returns the final
+    loop_vars. One iteration at a time: overlapping iterations would hold several steps' internals at once."""
     def advance(i, *values):
         return [i - 1 if backwards else i + 1] + list(body(i, *values))
 
-    start = tf.constant(n - 1 if backwards else 0)
-    return tf.while_loop(cond, advance, [start] + list(loop_vars), back_prop=back_prop, parallel_iterations=1)[1:]
-
-
-# -- the loops ---------------------------------------------------------------------
+    return tf.while_loop(lambda i, *_: i >= 0 if backwards else i < n, advance,
+                         [tf.constant(n - 1 if backwards else 0)] + list(loop_vars),
+                         back_prop=back_prop, parallel_iterations=1)[1:]
 
 
 class _LoopedLevel(object):
-    """`depth` copies of `step` as loops. params: {name: [depth, ...]
-    variable or tensor} of the trainable float variables (differentiated),
-    constants: the others."""
+    """`depth` copies of `step` as loops. params: {name: [depth, ...] variable or tensor} of the trainable float
+    variables (differentiated), constants: the others."""
 
     def __init__(self, step, params, constants, depth):
-        variables = dict(params, **constants)
-        for name, v in variables.items():
+        self.step, self.params, self.depth, self.variables = step, params, depth, dict(params, **constants)
+        for name, v in self.variables.items():
             if v.get_shape().ndims is None or tf.dimension_value(v.get_shape()[0]) != depth:
                 raise ValueError("looped flow: variable %s has shape %s, expected [depth %d, ...]"
                                  % (name, v.get_shape(), depth))
-        self.step = step
-        self.params = params
-        self.variables = variables
-        self.depth = depth
         self.scope = tf.get_variable_scope()
         self.prefix = self.scope.name + "/" + STEP_SCOPE + "/"
         self.names = sorted(params)
-        self.like = {name: (v.dtype.base_dtype, v.get_shape()[1:]) for name, v in variables.items()}
-        # One read per variable, which every iteration indexes: an alias of
-        # its buffer, not a copy.
+        # One read per variable, which every iteration indexes: an alias of its buffer, not a copy.
         self.fixed = {name: tf.convert_to_tensor(v) for name, v in constants.items()}
 
     def in_step(self, i, stacks, recorded=None):
-        """The variable scope in which the step's variables are step i's."""
-        getter = _StackedGetter(self.prefix, dict(stacks, **self.fixed), i, recorded)
-        return tf.variable_scope(self.scope, reuse=True, custom_getter=getter, auxiliary_name_scope=False)
+        """The variable scope in which the step's variable `<scope>/step/<name>` is row i of stacks[name] (or of
+        the constants'); with `recorded` (the init pass), data-dependent variables are _InitValues."""
+        stacks = dict(stacks, **self.fixed)
+
+        def stacked_getter(getter, name, *args, **kwargs):
+            key = name[len(self.prefix):] if name.startswith(self.prefix) else None
+            if key not in stacks:
+                raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
+                                 % (name, ", ".join(sorted(stacks)), self.prefix))
+            if recorded is not None and isinstance(kwargs.get("initializer"), tfops.DataDependent):
+                return _InitValue(key, recorded)
+            return tf.gather(stacks[key], i)
+
+        return tf.variable_scope(self.scope, reuse=True, custom_getter=stacked_getter, auxiliary_name_scope=False)
 
     def reads(self):
         return {name: tf.convert_to_tensor(self.params[name]) for name in self.names}
 
-    def forward(self, z, logdet, stacks, back_prop, kept=None, backwards=False):
+    def forward(self, z, logdet, stacks, back_prop, kept=(), backwards=False):
         """The steps from z (last to first and inverted for backwards); kept:
-        a TensorArray that gets each step's input. Returns [z, logdet, kept]."""
+        TensorArrays that get each step's input. Returns [z, logdet] + kept."""
         def body(i, z, logdet, *kept):
             kept = [ta.write(i, z) for ta in kept]
             with self.in_step(i, stacks):
                 z, logdet = self.step(z, logdet, backwards)
             return [z, logdet] + kept
 
-        out = _loop(self.depth, body, [z, logdet] + ([kept] if kept is not None else []), backwards, back_prop)
-        return out if kept is not None else out + [None]
-
-    def plain(self, z, logdet, reverse=False):
-        """Forward, differentiable (each iteration's gather gives its row of
-        the variable's gradient), or the inverse (decoding, never
-        differentiated)."""
-        return tuple(self.forward(z, logdet, self.reads(), True, backwards=reverse)[:2])
+        return _loop(self.depth, body, [z, logdet] + list(kept), backwards, back_prop)
 
     def ddi(self, z, logdet):
-        """The data-dependent init pass (paper 3.1): each iteration's
-        statistics leave the loop as one flat row, assigned to the step's
-        rows of the variables after the loop, before z and logdet return."""
+        """The data-dependent init pass (paper 3.1): each iteration's statistics leave the loop as one flat row,
+        assigned to the step's rows of the variables after the loop, before z and logdet return."""
         recorded, stacks = [], self.reads()
 
         def body(i, z, logdet, rows):
@@ -263,94 +202,72 @@ class _LoopedLevel(object):
             return tf.identity(z), tf.identity(logdet)
 
     def checkpointed(self, z, logdet, mode):
-        """Forward with the gradient of 'recompute' or 'invertible': a
-        backward loop, last step to first, that recomputes (or rebuilds,
-        then recomputes) each step and writes its variables' gradients to
-        TensorArrays. The custom gradient's inputs are the variables' reads,
-        so that the gradients it returns reach the variables."""
+        """Forward with the gradient of 'recompute' or 'invertible': a backward loop, last step to first, over
+        step_backward, writing the variables' gradients to TensorArrays. The custom gradient's inputs are the
+        variables' reads, so that the gradients it returns reach them."""
         record = msg.FlowRecord(mode, self.scope.name)
-        z_in = z
-        reads = self.reads()
-        reads = [reads[name] for name in self.names]
+        z_in, logdet_in, reads = z, logdet, self.reads()
 
         @tf.custom_gradient
         def checkpointed(z, logdet, *reads):
-            stacks = dict(zip(self.names, reads))
-            kept = tf.TensorArray(z.dtype, size=self.depth, element_shape=z.get_shape()) \
-                if mode == "recompute" else None
-            z_out, logdet, kept = self.forward(z, logdet, stacks, False, kept)
-            record.stacks = stacks
+            record.stacks = stacks = dict(zip(self.names, reads))
+            kept = [self._arrays(z)] if mode == "recompute" else []
+            z_out, logdet, *kept = self.forward(z, logdet, stacks, False, kept)
 
             def grad_fn(dz, dlogdet, variables=None):
                 grads = self.backward(mode, stacks, kept, z_out, dz, dlogdet)
-                # TF 2.x lists the variables behind the stacked reads; their
-                # gradients went to `reads`.
+                # TF 2.x lists the variables behind the stacked reads; their gradients went to `reads`.
                 return (grads, [None] * len(variables)) if variables else grads
 
             return (z_out, logdet), grad_fn
 
-        z, logdet = checkpointed(z, logdet, *reads)
-        record.op = z.op
-        assert z.op.type == "IdentityN" and logdet.op is z.op, "tf.custom_gradient changed: expected one IdentityN"
-        record.looped_inputs = lambda: self.inputs_both_ways(record, z_in, logdet)
-        tf.add_to_collection(msg.COLLECTION, record)
+        z, logdet = msg.register(record, *checkpointed(z, logdet, *[reads[name] for name in self.names]))
+        record.both_inputs = lambda: self.inputs_both_ways(record, z_in, logdet_in)
         return z, logdet
+
+    def _arrays(self, z):
+        """A TensorArray for each step's input (or output), like z."""
+        return tf.TensorArray(z.dtype, size=self.depth, element_shape=z.get_shape())
 
     def backward(self, mode, stacks, kept, z_out, dz, dlogdet):
         """The backward loop: [d z_in, d logdet_in] + each param's gradient stack."""
         wanted = set(self.prefix + name for name in self.names)
 
         def body(i, z_next, dz, *grad_arrays):
-            z_kept = kept.read(i) if mode == "recompute" else None
             with self.in_step(i, stacks) as step_scope:
-                z_next, dz, grads = msg.step_backward(self.step, step_scope, mode, z_kept, z_next, dz, dlogdet,
-                                                      wanted)
-            written = []
-            for name, ta in zip(self.names, grad_arrays):
-                g = msg.sum_gradients(grads.get(self.prefix + name))
-                if g is None:
-                    g = tf.zeros(self.like[name][1], self.like[name][0])
-                written.append(ta.write(i, g))
-            return [z_next, dz] + written
+                z_next, dz, grads = msg.step_backward(self.step, step_scope, mode, kept[0].read(i) if kept else None,
+                                                      z_next, dz, dlogdet, wanted)
+            grads = [msg.sum_gradients(grads.get(self.prefix + name)) for name in self.names]
+            return [z_next, dz] + [ta.write(i, g if g is not None else tf.zeros(ta.element_shape, ta.dtype))
+                                   for ta, g in zip(grad_arrays, grads)]
 
-        grad_arrays = [tf.TensorArray(self.like[name][0], size=self.depth, element_shape=self.like[name][1])
+        grad_arrays = [tf.TensorArray(stacks[name].dtype, size=self.depth, element_shape=stacks[name].get_shape()[1:])
                        for name in self.names]
         out = _loop(self.depth, body, [z_out, dz] + grad_arrays, backwards=True, back_prop=False)
         # d logdet_in = d logdet_out: each step adds to the log-det it is given.
         return [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
 
     def inputs_both_ways(self, record, z_in, logdet):
-        """[depth, ...] stacks of each step's input from the forward pass, and
-        as the backward pass has it (the same for 'recompute'; the steps'
-        inverses from the level's output for 'invertible'):
+        """[depth, ...] stacks of each step's input from the forward pass, and as the backward pass has it (the
+        same for 'recompute'; the steps' inverses from the level's output for 'invertible'):
         memory_saving_gradients.reconstruction_error's diagnostic."""
-        def arrays():
-            return tf.TensorArray(z_in.dtype, size=self.depth, element_shape=z_in.get_shape())
-
-        forward_inputs = self.forward(z_in, logdet, record.stacks, False, arrays())[2].stack()
+        forward_inputs = self.forward(z_in, logdet, record.stacks, False, [self._arrays(z_in)])[2].stack()
         if record.mode == "recompute":
             return forward_inputs, forward_inputs
-        rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, arrays(), backwards=True)
+        rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, [self._arrays(z_in)], backwards=True)
         # Written before each inverse: row i is step i's output, step i+1's
         # input; step 0's input is what the last inverse returns.
-        outputs = rebuilt[2].stack()
-        return forward_inputs, tf.concat([rebuilt[0][None], outputs[:-1]], axis=0)
-
-
-# -- checkpoints ---------------------------------------------------------------------
+        return forward_inputs, tf.concat([rebuilt[0][None], rebuilt[2].stack()[:-1]], axis=0)
 
 
 def convert_checkpoint(reader, shapes):
-    """The values of the variables `shapes` ({key: shape}) from a checkpoint
-    reader whose step variables may be in the other layout (unrolled or
-    looped; slots and averages included): ({key: value}, the checkpoint keys
+    """The values of the variables `shapes` ({key: shape}) from a checkpoint reader whose step variables may be
+    in the other layout (unrolled or looped; slots and averages included): ({key: value}, the checkpoint keys
     used, [the keys found in neither layout])."""
     have = reader.get_variable_to_shape_map()
-    rows = {}  # stacked key -> {step: the checkpoint's key of that step's variable}
-    for key in have:
-        stacked = step_key(key)
-        if stacked is not None:
-            rows.setdefault(stacked[0], {})[stacked[1]] = key
+    rows = collections.defaultdict(dict)  # stacked key -> {step: the checkpoint's key of that step's variable}
+    for key, stacked in [(k, step_key(k)) for k in have if step_key(k) is not None]:
+        rows[stacked[0]][stacked[1]] = key
     values, missing, used = {}, [], set()
     for key, shape in sorted(shapes.items()):
         stacked = step_key(key)

@@ -1,7 +1,6 @@
-"""Adam / Adamax with Polyak averaging, with openai/glow's equations
-(Kingma & Dhariwal 2018; Kingma & Ba 2015):
+"""Adam / Adamax with Polyak averaging, openai/glow's equations (Kingma & Dhariwal 2018; Kingma & Ba
+2015), t counting applied steps from 1:
 
-    t starts at 1 and counts applied steps
     alpha_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)    (1 - beta1^t := 1 if beta1 == 0)
     m1      = beta1*m1 + (1 - beta1)*g
     Adam:   m2 = beta2*m2 + (1 - beta2)*g^2,  delta = m1 / (sqrt(m2) + eps)
@@ -9,21 +8,17 @@
     w       = weight_decay*w - alpha_t*delta           (a factor; 1.0 = off)
     ema     = decay*ema + (1 - decay)*w                (decay defaults to beta2)
 
-As in glow, Adamax keeps sqrt(1 - beta2^t) in alpha_t (Kingma & Ba's
-Algorithm 2 has none). Deliberate differences from glow:
-  * A step with a non-finite gradient or loss changes no weight, moment, t or
-    average, and counts itself in `n_skipped`: one NaN batch would poison the
-    moments for good. The graph decides, so a step is one session call.
-  * The average reads the weights after this step's update (glow's was
-    unordered against the updates), and starts at the weights that `seed_op`
-    copies after data-dependent init, so it needs no zero-debiasing.
-  * State variables are non-trainable and named, as checkpoint keys:
-    `<scope>/t`, `<scope>/n_skipped`, `<scope>/<param op name>/{m1,m2,ema}`.
-  * TF's fused kernels (ResourceApplyAdam / ResourceApplyAdaMax, the same
-    equations) update each weight and its moments in place: no new copy of
-    every weight waits for the skip decision. They keep m1 even if beta1 = 0.
-  * The caller passes beta2 (glow: 1 - 1/(train_its*polyak_epochs)) and
-    gradients already averaged over ranks.
+As in glow, Adamax keeps sqrt(1 - beta2^t) in alpha_t (Kingma & Ba's Algorithm 2 has none).
+Deliberate differences from glow:
+  * A step with a non-finite gradient or loss changes no weight, moment, t or average and counts itself
+    in `n_skipped` (one NaN batch would poison the moments for good). The graph decides, so a step is one session call.
+  * The average reads the weights after this step's update (glow's read was unordered) and starts at
+    the weights `seed_op` copies after data-dependent init, so it needs no zero-debiasing.
+  * State variables are non-trainable and named, as checkpoint keys: `<scope>/t`, `<scope>/n_skipped`,
+    `<scope>/<param op name>/{m1,m2,ema}`.
+  * TF's fused kernels (ResourceApplyAdam / ResourceApplyAdaMax, the same equations) update each weight and
+    its moments in place: no copy of every weight waits for the skip decision. They keep m1 even if beta1 = 0.
+  * The caller passes beta2 (glow: 1 - 1/(train_its*polyak_epochs)) and gradients averaged over ranks.
 """
 import collections
 import math
@@ -33,19 +28,14 @@ import tensorflow.compat.v1 as tf
 import tfops
 
 OPTIMIZERS = ("adam", "adamax")
+_STATE = dict(trainable=False, use_resource=True)  # every state variable
 
+# train_op: run once per step (update, average, counters). n_skipped: int64 variable, steps skipped for a
+# non-finite gradient or loss. grads_finite: bool scalar. ema: the `Polyak` average (run ema.seed_op after init).
 TrainOp = collections.namedtuple("TrainOp", ["train_op", "n_skipped", "grads_finite", "ema"])
-TrainOp.__doc__ = """What `make_train_op` built.
-
-train_op: run once per step: the update, the average and the counters.
-n_skipped: int64 variable, steps skipped for a non-finite gradient or loss.
-grads_finite: bool scalar, whether this step's gradients (and loss) are finite.
-ema: the `Polyak` average of the params (run `ema.seed_op` after init).
-"""
 
 
 def _check_number(what, value, ok, accepted):
-    """Raise ValueError naming `what` unless `value` is a Python number with ok(value)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise ValueError("%s=%r: must be a number %s" % (what, value, accepted))
 
@@ -67,9 +57,8 @@ def _check_params(params):
         raise ValueError("params is empty: nothing to optimise")
     seen = set()
     for p in params:
-        # Resource variables only (duck-typed: in TF 2.x they are no tf.compat.v1.Variable).
-        # A ref variable (VariableV2) is read when its consumer runs, not when
-        # the read op runs, so update order would differ between TF 1.15 and 2.x.
+        # Duck-typed (TF 2.x resource variables are no tf.compat.v1.Variable). A ref variable is
+        # read when its consumer runs, so update order would differ between TF 1.15 and 2.x.
         kind = getattr(getattr(p, "op", None), "type", type(p).__name__)
         if kind != "VarHandleOp" or not hasattr(p, "read_value"):
             raise ValueError("param %s is a %s, not a resource variable: create it with "
@@ -96,51 +85,35 @@ def _dense_grads(params, grads):
         # IndexedSlices (from gathers) become dense: Adam touches every entry anyway.
         g = tf.convert_to_tensor(g, dtype=p.dtype.base_dtype)
         if not g.get_shape().is_compatible_with(p.get_shape()):
-            raise ValueError("gradient of param %s has shape %s, the param %s"
-                             % (p.name, g.get_shape(), p.get_shape()))
+            raise ValueError("gradient of param %s has shape %s, the param %s" % (p.name, g.get_shape(), p.get_shape()))
         dense.append(g)
     return dense
 
 
 def _slot(param, suffix, initializer):
-    """Non-trainable resource variable `<scope>/<param op name>/<suffix>`."""
+    """State variable `<scope>/<param op name>/<suffix>`."""
     shape = None if tf.is_tensor(initializer) else param.get_shape()
-    return tf.get_variable("%s/%s" % (param.op.name, suffix), shape=shape, dtype=param.dtype.base_dtype,
-                           initializer=initializer, trainable=False, use_resource=True)
-
-
-def _counter(name, dtype, initial):
-    """Non-trainable scalar resource variable `<scope>/<name>`."""
-    return tf.get_variable(name, shape=[], dtype=dtype, initializer=tf.constant_initializer(initial),
-                           trainable=False, use_resource=True)
+    return tf.get_variable("%s/%s" % (param.op.name, suffix), shape, param.dtype.base_dtype, initializer, **_STATE)
 
 
 def _if_applied(apply, value, skipped, dtype):
-    """Scalar `value` where the bool scalar `apply` is true, else `skipped`, as
-    `dtype`. A Python number becomes a constant of `dtype` directly: one cast
-    from float32 would round beta2 = 0.99 in a float64 model."""
+    """Scalar `value` where the bool scalar `apply` is true, else `skipped`, as `dtype`. A Python number becomes
+    a constant of `dtype` directly: a cast from float32 would round beta2 = 0.99 in a float64 model."""
     value = tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
     return tf.where_v2(apply, value, tf.constant(skipped, dtype))
 
 
 class Polyak(object):
-    """Exponential moving average of params (Polyak & Juditsky 1992).
-
-    params, variables: the params and their averages `<scope>/<param op
-        name>/ema`, in the same order.
-    seed_op: op `avg := param`. Run it once after initialisation (and after
-        the data-dependent init), so the average starts at the weights the
-        model actually starts from.
-    """
+    """Exponential moving average of params (Polyak & Juditsky 1992). params, variables: the params and
+    their averages `<scope>/<param op name>/ema`, in order. seed_op: `avg := param`; run it after
+    initialisation and data-dependent init, so the average starts at the weights the model starts from."""
 
     def __init__(self, params, decay, scope="optim"):
         self.params = _check_params(params)
         _check_number("decay", decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         self.decay = float(decay)
         with tf.variable_scope(scope):
-            # The param's initial value, not zeros: both initialisers read the
-            # same tensor in one global_variables_initializer run, so even an
-            # unseeded average starts at real weights.
+            # From the param's initial value, read in the same initializer run: even unseeded, real weights.
             self.variables = [_slot(p, "ema", p.initial_value) for p in self.params]
         self._by_name = {p.name: a for p, a in zip(self.params, self.variables)}
         with tf.name_scope("polyak_seed"):
@@ -148,34 +121,23 @@ class Polyak(object):
                                       for p, a in zip(self.params, self.variables)])
 
     def update(self, values, apply):
-        """Op moving every average towards `values` (tensors aligned with params)
-        where the bool scalar `apply` is true. Built in the caller's context,
-        so the caller decides which weights it reads."""
+        """Op moving each average towards `values` (aligned with params) where the bool scalar `apply` is true.
+        Built in the caller's context: the caller decides which weights it reads."""
         values = list(values)
         if len(values) != len(self.params):
-            raise ValueError("Polyak.update: got %d values for %d params"
-                             % (len(values), len(self.params)))
-        # In place, avg -= rate*(avg - value), which is decay*avg + (1 - decay)*value
-        # at rate = 1 - decay, and no change at rate = 0: no new copy of any weight.
-        ops = []
-        rates = {}  # per dtype
-        for avg, v in zip(self.variables, values):
-            dtype = avg.dtype.base_dtype
-            if dtype not in rates:
-                rates[dtype] = _if_applied(apply, 1.0 - self.decay, 0.0, dtype)
-            ops.append(tf.raw_ops.ResourceApplyGradientDescent(var=avg.handle, alpha=rates[dtype],
-                                                               delta=avg.value() - v))
-        return tf.group(*ops)
+            raise ValueError("Polyak.update: got %d values for %d params" % (len(values), len(self.params)))
+        # In place, avg -= rate*(avg - value): decay*avg + (1 - decay)*value at rate = 1 - decay,
+        # unchanged at rate = 0, with no new copy of any weight.
+        rates = {d: _if_applied(apply, 1.0 - self.decay, 0.0, d)
+                 for d in dict.fromkeys(a.dtype.base_dtype for a in self.variables)}
+        return tf.group(*[tf.raw_ops.ResourceApplyGradientDescent(
+            var=avg.handle, alpha=rates[avg.dtype.base_dtype], delta=avg.value() - v)
+            for avg, v in zip(self.variables, values)])
 
     def getter(self, use_average):
-        """A custom getter reading each param's average where the bool scalar
-        `use_average` (a tensor or a Python bool) is true, the param where it
-        is false, and other variables unchanged. One evaluation graph then
-        serves both weightings, with no swap op to forget:
-
-            with tf.variable_scope('model', reuse=True, custom_getter=ema.getter(flag)):
-                eval_out = build_model(x)
-        """
+        """Custom getter reading each param's average where the bool scalar `use_average` (tensor or Python bool)
+        is true, else the param; other variables unchanged. One evaluation graph then serves both weightings, with
+        no swap op to forget: build it in `tf.variable_scope('model', reuse=True, custom_getter=ema.getter(flag))`."""
         def get(getter, name, *args, **kwargs):
             var = getter(name, *args, **kwargs)
             avg = self._by_name.get(getattr(var, "name", None))
@@ -189,42 +151,27 @@ class Polyak(object):
 
 
 def _bias_correction(beta, t):
-    """1 - beta**t as float32, exact for beta near 1.
-
-    float32 rounds beta2 = 1 - 1e-6 by ~6e-8, an error of ~6% in 1 - beta2**t
-    at t = 1. As -expm1(t*log(beta)), with log(beta) taken in float64 by
-    Python, it keeps float32 accuracy for every t.
-    """
+    """1 - beta**t as float32, exact for beta near 1: float32 rounds beta2 = 1 - 1e-6 by ~6e-8 (6% of 1 - beta2**t
+    at t = 1); -expm1(t*log(beta)), with log(beta) taken in float64 by Python, keeps float32 accuracy for every t."""
     if beta == 0.0:
         return tf.constant(1.0, tf.float32)  # 1 - 0**t = 1 for t >= 1
     return -tf.math.expm1(t * tf.constant(math.log(beta), tf.float32))
 
 
-def _all_finite(grads, loss):
-    checks = [tf.reduce_all(tf.is_finite(g)) for g in grads]
-    if loss is not None:
-        checks.append(tf.reduce_all(tf.is_finite(loss)))
-    return tf.reduce_all(tf.stack(checks), name="grads_finite")
-
-
 def _kernel_constants(dtype, apply, alpha32, beta1, beta2, epsilon, weight_decay):
-    """The fused kernels' scalars for params of `dtype`. On a skipped step they
-    make the kernels the identity: lr 0, beta1 = beta2 = 1, decay 1."""
+    """The fused kernels' scalars for params of `dtype`: bias-correction powers 0, so lr is alpha_t; on a skipped
+    step the identity: lr 0, beta1 = beta2 = 1, decay 1."""
     return dict(lr=_if_applied(apply, alpha32, 0.0, dtype), beta1=_if_applied(apply, beta1, 1.0, dtype),
                 beta2=_if_applied(apply, beta2, 1.0, dtype), decay=_if_applied(apply, weight_decay, 1.0, dtype),
                 epsilon=tf.constant(epsilon, dtype), no_power=tf.constant(0.0, dtype))
 
 
 def _fused_update(name, p, g, m1, m2, c, apply, weight_decay):
-    """Op updating param `p` and its moments in place by TF's fused kernel,
-    which computes the module's equations with its own bias-correction powers
-    at 0, so its lr is alpha_t. `c`: from _kernel_constants. A skipped step
-    also feeds gradient 0: its own may be NaN, and 0 * NaN is NaN."""
+    """Op updating param `p` and its moments in place by TF's fused kernel (`c`: from _kernel_constants). A
+    skipped step also feeds gradient 0: its own may be NaN, and 0 * NaN is NaN."""
     g = tf.where_v2(apply, g, tf.zeros([], g.dtype))
-    deps = []
-    if weight_decay != 1.0:
-        # w = weight_decay*w - alpha_t*delta: scale, then the kernel's step.
-        deps.append(tf.raw_ops.AssignVariableOp(resource=p.handle, value=p.value() * c["decay"]))
+    # w = weight_decay*w - alpha_t*delta: scale, then the kernel's step.
+    deps = [] if weight_decay == 1.0 else [tf.raw_ops.AssignVariableOp(resource=p.handle, value=p.value() * c["decay"])]
     with tf.control_dependencies(deps):
         args = dict(var=p.handle, m=m1.handle, v=m2.handle, beta1_power=c["no_power"], lr=c["lr"],
                     beta1=c["beta1"], beta2=c["beta2"], epsilon=c["epsilon"], grad=g)
@@ -235,44 +182,36 @@ def _fused_update(name, p, g, m1, m2, c, apply, weight_decay):
 
 def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsilon=1e-8, loss=None,
                   polyak_decay=None, scope="optim"):
-    """One Adam or Adamax step with Polyak averaging, openai/glow's equations.
+    """One Adam or Adamax step with Polyak averaging, the module's equations; returns a `TrainOp`.
 
-    name: 'adam' or 'adamax'.
-    params: resource variables; grads: their gradients, already averaged over
-        ranks. A None gradient (a param the loss does not reach) is an error.
-    lr: Python number or float scalar tensor (a placeholder fed each step, for
-        warm-up). beta1 in [0, 1) (0: no first moment); beta2 in (0, 1).
-    weight_decay: multiplicative, in (0, 1]; 1.0 is off (glow's convention).
-    loss: optional tensor. If it or any gradient is NaN/inf, the step changes
-        nothing but `n_skipped`.
-    polyak_decay: decay of the average; None uses beta2, as glow does.
-    scope: variable scope of the optimizer state (checkpoint keys).
-    Returns a `TrainOp`.
+    name: 'adam' or 'adamax'. params: resource variables. grads: their gradients, already
+        averaged over ranks; a None gradient (a param the loss does not reach) is an error.
+    lr: Python number or float scalar tensor (e.g. a placeholder fed each step, for warm-up).
+    beta1 in [0, 1) (0: no first moment); beta2 in (0, 1); weight_decay: a factor in (0, 1], 1.0 = off.
+    loss: optional tensor; if it or any gradient is NaN/inf, the step changes only `n_skipped`.
+    polyak_decay: None uses beta2, as glow does. scope: of the state variables (checkpoint keys).
     """
     if name not in OPTIMIZERS:
         raise ValueError("optimizer %r: expected one of %s" % (name, ", ".join(OPTIMIZERS)))
     params = _check_params(params)
     grads = _dense_grads(params, grads)
     _check_hyperparams(lr, beta1, beta2, weight_decay, epsilon)
-
     with tf.variable_scope(scope):
-        step = _counter("t", tf.float32, 1.0)  # exact up to 2**24 steps
-        n_skipped = _counter("n_skipped", tf.int64, 0)
+        step = tf.get_variable("t", [], tf.float32, tf.ones_initializer(), **_STATE)  # exact to 2**24 steps
+        n_skipped = tf.get_variable("n_skipped", [], tf.int64, tf.zeros_initializer(), **_STATE)
         m1s = [_slot(p, "m1", tfops.Zeros()) for p in params]
         m2s = [_slot(p, "m2", tfops.Zeros()) for p in params]
     ema = Polyak(params, beta2 if polyak_decay is None else polyak_decay, scope=scope)
-
     with tf.name_scope("%s_step" % name):
-        apply = grads_finite = _all_finite(grads, loss)
+        checks = [tf.reduce_all(tf.is_finite(x)) for x in grads + ([] if loss is None else [loss])]
+        apply = grads_finite = tf.reduce_all(tf.stack(checks), name="grads_finite")
         t = step.read_value()
         alpha32 = tf.cast(lr, tf.float32) * tf.sqrt(_bias_correction(beta2, t)) / _bias_correction(beta1, t)
-        consts = {}  # per param dtype
+        consts = {d: _kernel_constants(d, apply, alpha32, beta1, beta2, epsilon, weight_decay)
+                  for d in dict.fromkeys(p.dtype.base_dtype for p in params)}
         updates, new_weights = [], []
         for p, g, m1, m2 in zip(params, grads, m1s, m2s):
-            dtype = p.dtype.base_dtype
-            if dtype not in consts:
-                consts[dtype] = _kernel_constants(dtype, apply, alpha32, beta1, beta2, epsilon, weight_decay)
-            updates.append(_fused_update(name, p, g, m1, m2, consts[dtype], apply, weight_decay))
+            updates.append(_fused_update(name, p, g, m1, m2, consts[p.dtype.base_dtype], apply, weight_decay))
             with tf.control_dependencies(updates[-1:]):
                 new_weights.append(p.value())
         # The average reads each weight after its update: no race.

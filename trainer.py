@@ -1,13 +1,4 @@
-"""The training graph of train.py and what runs it: init, one step,
-evaluation, sampling, encoding, checkpoints.
-
-One `Trainer` builds, once, every graph a run needs on one set of weights:
-the data-dependent init, the training step (gradients averaged over ranks,
-Adam/Adamax, Polyak average, skipped when non-finite), and evaluation,
-sampling and encoding graphs that read either the raw weights (the paper's
-and openai/glow's test bits/dim) or their Polyak averages, as fed
-(`weights`: "raw" or "polyak"). The loop itself lives in train.py.
-"""
+"""The graphs of a run and the session that runs them (train.py: the loop)."""
 import numpy as np
 import tensorflow.compat.v1 as tf
 
@@ -18,26 +9,27 @@ import model as glow_model
 import optim
 import utils
 
-# The per-example statistics of training and evaluation, in this order
-# wherever they travel as an array, and their names in the logs (openai/glow's).
+# Per-example statistics of training and evaluation: their order in every array, their names in logs (openai/glow's).
 STATS = ("loss", "bits_x", "bits_y", "pred_loss")
 WEIGHTS = ("raw", "polyak")
 
 
-def _check_weights(weights):
+def _use_polyak(weights):
     if weights not in WEIGHTS:
         raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(WEIGHTS)))
     return weights == "polyak"
 
 
 class Trainer(object):
-    """Graph and session of one run. cfg: config.py's Config."""
+    """Every graph a run needs, built once on one set of weights (cfg: a config.Config): data-dependent init; the
+    training step (gradients averaged over ranks, Adam/Adamax, Polyak average, skipped when not finite);
+    evaluation, sampling and encoding with the raw weights (the paper's test figure) or their Polyak averages
+    (`weights`). On the NPU every graph has a static batch (the Ascend compiler's need; see _run)."""
 
     def __init__(self, cfg, backend, session_factory):
-        self.cfg = cfg
-        self.backend = backend
-        mode = cfg.gradient_checkpointing
-        run_steps = looped.runner(mode) if cfg.loop_steps else memory_saving_gradients.unrolled(mode)
+        self.cfg, self.backend = cfg, backend
+        self.static_shapes = cfg.device == "npu"
+        run_steps = (looped.runner if cfg.loop_steps else memory_saving_gradients.unrolled)(cfg.gradient_checkpointing)
         self.glow = glow_model.Glow.from_config(cfg, run_steps=run_steps)
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -46,20 +38,14 @@ class Trainer(object):
             self.graph.finalize()
         self.sess = session_factory(self.graph)
 
-    # -- graph ---------------------------------------------------------------
-
     def _inputs(self, name, batch):
-        """uint8 images and int32 labels. On the NPU every graph gets a static
-        batch size (the Ascend compiler wants static shapes; shorter batches
-        are padded, see _padded); elsewhere the batch dimension is free."""
-        h, w, c = self.cfg.image_shape
+        """uint8 images [B, H, W, C] and int32 labels [B]."""
         n = batch if self.static_shapes else None
-        return (tf.placeholder(tf.uint8, [n, h, w, c], name="x_" + name),
+        return (tf.placeholder(tf.uint8, [n] + list(self.cfg.image_shape), name="x_" + name),
                 tf.placeholder(tf.int32, [n], name="y_" + name))
 
     def _build(self):
-        cfg = self.cfg
-        self.static_shapes = cfg.device == "npu"
+        cfg, backend = self.cfg, self.backend
         self.x_init, self.y_init = self._inputs("init", cfg.local_batch_init)
         self.x, self.y = self._inputs("train", cfg.local_batch_train)
         self.x_test, self.y_test = self._inputs("test", cfg.local_batch_test)
@@ -68,21 +54,19 @@ class Trainer(object):
         self._build_train_step()
         self._build_evaluation()
         self.gather_in = tf.placeholder(tf.float32, [None], name="gather_in")
-        self.gather_out = self.backend.allreduce_mean(self.gather_in) * float(self.backend.size())
+        self.gather_out = backend.allreduce_mean(self.gather_in) * float(backend.size())
         self.checkpoints = checkpoints.Checkpoints(utils.dumps_strict(cfg.as_dict(), "config"))
         float_vars = [v for v in tf.global_variables() if v.dtype.base_dtype.is_floating]
         self.all_finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v)) for v in float_vars]))
         # The run/ strings are the same on every rank (set before each save).
-        self.broadcast = self.backend.broadcast_variables([v for v in tf.global_variables()
-                                                           if v.dtype.base_dtype != tf.string])
+        self.broadcast = backend.broadcast_variables([v for v in tf.global_variables()
+                                                      if v.dtype.base_dtype != tf.string])
         self.global_init = tf.global_variables_initializer()
 
     def _build_train_step(self):
-        """One step: gradients of the mean loss (with the configured memory
-        saving), averaged over ranks, one optimizer update. Loss scaling for
-        reduced precision (NPU mixed precision): the loss is multiplied
-        before backprop and the gradients divided after, so that small
-        gradients survive float16; 1 (the default) changes nothing."""
+        """Gradients of the mean loss (with the configured memory saving), averaged over ranks, one optimizer
+        update. The loss scale (NPU mixed precision) multiplies the loss before backprop and divides the
+        gradients after, so that small gradients survive float16."""
         cfg = self.cfg
         self.lr = tf.placeholder(tf.float32, [], name="lr")
         self.loss_scale = tf.placeholder_with_default(tf.constant(1.0), [], name="loss_scale")
@@ -93,17 +77,13 @@ class Trainer(object):
         grads = self.backend.allreduce_mean([None if g is None else g / self.loss_scale for g in grads])
         self.opt = optim.make_train_op(cfg.optimizer, params, grads, self.lr, cfg.beta1, cfg.beta2,
                                        weight_decay=cfg.weight_decay, loss=loss)
-        self.train_stats = self._mean_stats(stats)
+        self.train_stats = self.backend.allreduce_mean(tf.stack([tf.reduce_mean(stats[k]) for k in STATS]))
 
     def _build_evaluation(self):
-        """Evaluation, sampling and encoding, reading the raw weights or their
-        Polyak averages as fed: one copy of each graph serves both.
-
-        One encoding of the test batch serves evaluation and `encode`; the
-        dequantisation noise is fed: draws fixed by each image's index
-        (dequantization_noise) for evaluation, so both weightings and any
-        re-evaluation see the same noise; the centre of each bin for
-        `encode` (decoding it must give back the same integers)."""
+        """Evaluation, sampling and encoding, one graph each for both weightings (fed). One encoding of the test
+        batch serves evaluation and `encode`, with the noise fed: each image's own draws for evaluation
+        (dequantization_noise: the same for both weightings and any rerun), the bin centres for `encode`
+        (decoding must give the same integers)."""
         glow = self.glow
         self.use_polyak = tf.placeholder_with_default(False, [], name="use_polyak")
         ema = self.opt.ema.getter(self.use_polyak)
@@ -112,36 +92,32 @@ class Trainer(object):
         self.eval_per_example = [eval_stats[k] for k in STATS]
         self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
         self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
-        n = tf.shape(self.x_test)[0]
-        self.z_flat = tf.concat([tf.reshape(e, [n, -1]) for e in enc.eps], axis=1)
+        self.z_flat = tf.concat([tf.reshape(e, [tf.shape(self.x_test)[0], -1]) for e in enc.eps], axis=1)  # [B, D]
         self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y_test, custom_getter=ema))
 
-    def _mean_stats(self, stats):
-        local = tf.stack([tf.reduce_mean(stats[k]) for k in STATS])
-        return self.backend.allreduce_mean(local)
-
-    # -- setup -----------------------------------------------------------------
-
     def initialize(self, x_init, y_init):
-        """Fresh weights: variable initialisers, data-dependent init on one
-        batch per rank, rank 0's weights broadcast to all (so every rank starts
-        from rank 0's init statistics), then the Polyak average seeded from
-        them."""
+        """Fresh weights: initialisers, data-dependent init on a batch per rank,
+        rank 0's weights (and init statistics) to all, the Polyak average seeded."""
         self.sess.run(self.global_init)
         self.sess.run(self.init_loss, {self.x_init: x_init, self.y_init: y_init})
         self.sess.run(self.broadcast)
         self.sess.run(self.opt.ema.seed_op)
 
     def restore(self, path):
-        """Restore a checkpoint (a prefix, or a folder holding one), make all
-        ranks equal to rank 0. Returns (its prefix, its RunState)."""
+        """Restore a checkpoint (a prefix or a folder holding one) on all ranks
+        as on rank 0. Returns (its prefix, its RunState)."""
         prefix = checkpoints.resolve(path)
         self.sess.run(self.global_init)
         state = self.checkpoints.restore(self.sess, prefix)
         self.sess.run(self.broadcast)
         return prefix, state
 
-    # -- steps -------------------------------------------------------------------
+    def save(self, logdir, state, best=False):
+        """A checkpoint with `state` (a RunState); its prefix, or None: weights
+        that are not finite are never written."""
+        if not self.sess.run(self.all_finite):
+            return None
+        return self.checkpoints.save(self.sess, logdir, state, best)
 
     def train_step(self, x, y, lr, loss_scale=1.0):
         """One step at learning rate `lr`. Returns (applied, the batch's mean STATS)."""
@@ -153,28 +129,21 @@ class Trainer(object):
         return int(self.sess.run(self.opt.n_skipped))
 
     def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):
-        """Per-image STATS [4, n] of `batches` (in order; their first image
-        is test image `first_index`) with the `weights` ("raw" or "polyak"),
-        each the mean over n_draws dequantisation draws (the same draws for
-        both weightings: dequantization_noise)."""
-        use_polyak = _check_weights(weights)
-        out, index = [], first_index
+        """Per-image STATS [4, n] of `batches` (their first image is test image `first_index`) with the
+        `weights`, each the mean over n_draws dequantisation draws (the same for both weightings)."""
+        use_polyak = _use_polyak(weights)
+        out, index = [np.zeros((len(STATS), 0))], first_index
         for x, y in batches:
-            per_example = np.zeros((len(STATS), len(x)))
-            for draw in range(n_draws):
-                noise = dequantization_noise(range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)
-                feed = self._padded({self.x_test: x, self.y_test: y, self.noise_test: noise},
-                                    self.cfg.local_batch_test)
-                feed[self.use_polyak] = use_polyak
-                per_example += np.array(self.sess.run(self.eval_per_example, feed))[:, :len(x)] / n_draws
-            out.append(per_example)
+            feeds = [{self.x_test: x, self.y_test: y, self.noise_test: dequantization_noise(
+                range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)} for draw in range(n_draws)]
+            draws = [self._run(self.eval_per_example, f, use_polyak, self.cfg.local_batch_test) for f in feeds]
+            out.append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
             index += len(x)
-        return np.concatenate(out, axis=1) if out else np.zeros((len(STATS), 0))
+        return np.concatenate(out, axis=1)
 
     def gather(self, local, start, n_total):
-        """Every rank's rows [k, n_r] of a [k, n_total] array, rank r's at
-        columns start_r.., joined on every rank (a summing allreduce of
-        arrays that are zero outside each rank's own columns)."""
+        """Every rank's `local` [k, n_r] at its columns start_r.. of one [k,
+        n_total] array on every rank (a summing allreduce of zero-padded rows)."""
         full = np.zeros((local.shape[0], n_total), np.float32)
         full[:, start:start + local.shape[1]] = local
         if self.backend.size() == 1:
@@ -183,87 +152,59 @@ class Trainer(object):
 
     def sample(self, y, temperatures, weights="raw"):
         """Images for labels y [B] at per-image temperatures [B]; any B."""
-        n = self.cfg.local_batch_train
-        use_polyak = _check_weights(weights)
-        out = []
-        for i in range(0, len(y), n):
-            feed = self._padded({self.y_sample: y[i:i + n], self.temperature: temperatures[i:i + n]}, n)
-            feed[self.use_polyak] = use_polyak
-            out.append(self.sess.run(self.samples, feed))
-        return np.concatenate(out)[:len(y)]
+        n, use_polyak = self.cfg.local_batch_train, _use_polyak(weights)
+        feeds = ({self.y_sample: y[i:i + n], self.temperature: temperatures[i:i + n]} for i in range(0, len(y), n))
+        return np.concatenate([self._run(self.samples, feed, use_polyak, n) for feed in feeds])[:len(y)]
 
     def encode(self, x, y, weights="raw"):
         """(z [B, D] flattened eps of every level, x decoded back from z)."""
         centre = np.full(x.shape, 0.5 / self.glow.n_bins, self.glow.dtype.as_numpy_dtype)
-        feed = self._padded({self.x_test: x, self.y_test: y, self.noise_test: centre}, self.cfg.local_batch_test)
-        feed[self.use_polyak] = _check_weights(weights)
-        z, x_back = self.sess.run([self.z_flat, self.x_decoded], feed)
+        z, x_back = self._run([self.z_flat, self.x_decoded], {self.x_test: x, self.y_test: y, self.noise_test: centre},
+                              _use_polyak(weights), self.cfg.local_batch_test)
         return z[:len(x)], x_back[:len(x)]
 
-    def _padded(self, feed, batch):
-        """With static shapes, pad every array of a short batch to `batch` by
-        repeating its last entry; callers keep only the first len() results."""
-        if not self.static_shapes:
-            return feed
-        out = {}
-        for key, value in feed.items():
-            value = np.asarray(value)
-            if len(value) > batch:
-                raise ValueError("batch of %d for a graph of static batch %d" % (len(value), batch))
-            pad = np.repeat(value[-1:], batch - len(value), axis=0)
-            out[key] = np.concatenate([value, pad]) if len(pad) else value
-        return out
+    def _run(self, fetches, feed, use_polyak, batch):
+        """sess.run with the raw or the Polyak weights. With static shapes a short batch is padded to `batch`
+        (its last entry repeated): callers keep the first len() results."""
+        if self.static_shapes:
+            feed = dict((key, _padded(value, batch)) for key, value in feed.items())
+        feed[self.use_polyak] = use_polyak
+        return self.sess.run(fetches, feed)
 
-    def weights_finite(self):
-        return bool(self.sess.run(self.all_finite))
 
-    # -- checkpoints ---------------------------------------------------------------
-
-    def save(self, logdir, state, best=False):
-        """Write a checkpoint with `state` (checkpoints.Checkpoints.save).
-        Weights that are not finite are never written: returns None then."""
-        if not self.weights_finite():
-            return None
-        return self.checkpoints.save(self.sess, logdir, state, best)
+def _padded(value, batch):
+    value = np.asarray(value)
+    if len(value) > batch:
+        raise ValueError("batch of %d for a graph of static batch %d" % (len(value), batch))
+    return np.concatenate([value, np.repeat(value[-1:], batch - len(value), axis=0)])
 
 
 def dequantization_noise(indices, draw, image_shape, n_bins):
-    """Uniform noise in [0, 1/n_bins) [len(indices), *image_shape] for
-    evaluating test images `indices`: image i's draw `draw` comes from its
-    own random stream (i, draw), whatever batch or rank it is evaluated in."""
+    """Uniform noise in [0, 1/n_bins) [len(indices), *image_shape] for evaluating test images `indices`:
+    image i's draw `draw` comes from its own random stream (i, draw), whatever batch or rank it is evaluated in."""
     return np.stack([np.random.RandomState([int(i), int(draw)]).uniform(0, 1.0 / n_bins, image_shape)
                      for i in indices]).astype(np.float32)
 
 
 class LossScale(object):
-    """--loss_scale: fixed, or dynamic (start at 2**15, halve on a non-finite
-    step, double after `period` finite ones), as mixed-precision training
-    does. The current value is the RunState's `loss_scale`."""
+    """--loss_scale: fixed, or dynamic (2**15 at first, halved at a non-finite
+    step, doubled after `period` finite ones); the RunState holds its value."""
 
     def __init__(self, setting, period=2000):
-        self.dynamic = setting == "dynamic"
+        self.dynamic, self.period, self._good = setting == "dynamic", period, 0
         self.fixed = None if self.dynamic else float(setting)
-        self.period = period
-        self._good = 0
 
     def start(self, state, restored):
-        """Set state.loss_scale for a run's start: a dynamic scale continues
-        from a restored state; a fixed one is the flag's."""
+        """state.loss_scale at a run's start: a dynamic one continues a restored state."""
         if not (self.dynamic and restored):
             state.loss_scale = 2.0 ** 15 if self.dynamic else self.fixed
 
     def update(self, state, applied):
-        """After a step. Returns True when a skipped step is explained by the
-        scale (it was lowered), so it should not count as a failure."""
-        if not self.dynamic:
-            return False
-        if applied:
-            self._good += 1
-            if self._good % self.period == 0:
-                state.loss_scale *= 2.0
-            return False
-        self._good = 0
-        if state.loss_scale > 1.0:
+        """After a step: True when the scale explains a skipped step (it was lowered), which then is no failure."""
+        self._good = self._good + 1 if applied else 0
+        if self.dynamic and applied and self._good % self.period == 0:
+            state.loss_scale *= 2.0
+        lowered = self.dynamic and not applied and state.loss_scale > 1.0
+        if lowered:
             state.loss_scale /= 2.0
-            return True
-        return False
+        return lowered

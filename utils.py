@@ -1,10 +1,4 @@
-"""Run logs (JSON lines), image grids and atomic file writes.
-
-The log follows openai/glow's utils.ResultLogger: one JSON object a line,
-the config first. It is opened for appending (a resumed run adds to its log
-instead of erasing it), and every line is flushed and fsync'ed (a crash loses
-at most the line being written).
-"""
+"""Run logs (JSON lines, as openai/glow's utils.ResultLogger), image grids and atomic file writes."""
 import io
 import json
 import math
@@ -15,10 +9,9 @@ import numpy as np
 
 
 def _jsonable(value, where):
-    """`value` with NumPy scalars and arrays as Python numbers and lists, and
-    NaN/inf as the strings "NaN", "Infinity", "-Infinity" (float() parses them
-    back): JSON has none, and a diverging run must still log valid JSON that
-    says which it was. Anything else raises TypeError naming `where`."""
+    """`value` with NumPy values as Python ones and NaN/inf as the strings "NaN", "Infinity", "-Infinity"
+    (float() parses them back): JSON has none, and a diverging run must still log valid JSON that says which
+    it was. Anything else raises TypeError naming `where`."""
     if value is None or isinstance(value, (str, bool)):
         return value
     if isinstance(value, np.bool_):
@@ -50,32 +43,24 @@ def dumps_strict(obj, where="value", **kwargs):
 
 
 class ResultLogger(object):
-    """Append-only JSON-lines log: the config first, then one line per `log` call.
-
-    A new (or empty) file starts with the config. Reopening an existing file
-    (a resumed run) keeps every old line and appends the config again with
-    "resumed": true, so each stretch of the log says which config wrote it.
-    """
+    """Append-only JSON-lines log: the config first, then one line per `log` call, each flushed and fsync'ed
+    (a crash loses at most the line being written). Reopening a non-empty file (a resumed run) keeps its lines
+    and appends the config again with "resumed": true, so each stretch says which config wrote it."""
 
     def __init__(self, path, config):
         if not isinstance(config, dict):
             raise TypeError("ResultLogger(%r): config must be a dict, got %s" % (path, type(config).__name__))
         if "resumed" in config:
-            raise ValueError("ResultLogger(%r): config has a 'resumed' key, which the "
-                             "logger writes itself" % (path,))
-        self.path = path
-        header = dict(config)
-        torn = False
+            raise ValueError("ResultLogger(%r): config has a 'resumed' key, which the logger writes itself" % (path,))
+        self.path, header, torn = path, dict(config), False
         if os.path.exists(path) and os.path.getsize(path) > 0:
             header = dict([("resumed", True)] + list(config.items()))
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
-                # A crash mid-line left no newline: end it here, so our lines
-                # stay whole. read_jsonl(skip_invalid=True) passes over it.
+                # A crash mid-line left no newline: end it, so ours stay whole (read_jsonl skip_invalid skips it).
                 torn = f.read(1) != b"\n"
-        line = dumps_strict(header, "config") + "\n"
         self._file = open(path, "a")
-        self._write(("\n" if torn else "") + line)
+        self._write(("\n" if torn else "") + dumps_strict(header, "config") + "\n")
 
     def _write(self, text):
         self._file.write(text)
@@ -83,7 +68,6 @@ class ResultLogger(object):
         os.fsync(self._file.fileno())
 
     def log(self, **kwargs):
-        """Write one line with the given fields, and make it durable."""
         if self._file is None:
             raise ValueError("ResultLogger(%r) is closed" % (self.path,))
         self._write(dumps_strict(kwargs, "log") + "\n")
@@ -103,13 +87,9 @@ class ResultLogger(object):
 
 
 def read_jsonl(path, skip_invalid=False):
-    """The JSON objects of a JSON-lines file, in order; blank lines ignored.
-
-    The NaN/Infinity literals that json.dumps (and openai/glow's logger) write
-    by default are accepted. A line that is not a JSON object raises
-    ValueError naming path and line number, unless skip_invalid (e.g. a line
-    torn by a crash in a resumed run's log).
-    """
+    """The JSON objects of a JSON-lines file, in order, blank lines ignored; the NaN/Infinity that json.dumps
+    (and openai/glow's logger) write by default are accepted. A line that is not a JSON object raises
+    ValueError naming path and line, unless skip_invalid (a line torn by a crash)."""
     out = []
     with open(path, "r") as f:
         for n, line in enumerate(f, 1):
@@ -128,14 +108,12 @@ def read_jsonl(path, skip_invalid=False):
 
 
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` so readers see the old file or the new, never half:
-    via an fsync'ed temporary file in the same folder (os.replace is atomic only
-    within one file system). On an error `path` is untouched, the temporary
-    file removed, and the error raised."""
+    """Write `data` to `path` so readers see the old file or the new, never half: via an fsync'ed
+    temporary file in the same folder (os.replace is atomic only within one file system). On an
+    error `path` is untouched, the temporary file removed, and the error raised."""
     folder, base = os.path.split(os.path.abspath(os.fspath(path)))
     tmp = os.path.join(folder, ".%s.%d.%s.tmp" % (base, os.getpid(), os.urandom(4).hex()))
-    # Mode 0o666 lets the umask decide, as open(path, 'wb') does (tempfile
-    # would leave the result readable by its owner only).
+    # Mode 0o666 lets the umask decide, as open(path, 'wb') does (tempfile's files are owner-only).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -150,24 +128,18 @@ def atomic_write_bytes(path, data):
 
 
 def image_grid(images, n_cols=None):
-    """Tile uint8 images [N, H, W, C] into one [rows*H, n_cols*W, C] array.
-
-    n_cols defaults to ceil(sqrt(N)), the nearest to square; cells past N
-    are black.
-    """
+    """Tile uint8 images [N, H, W, C] into one [rows*H, n_cols*W, C] array, n_cols by default
+    ceil(sqrt(N)) (nearest to square); cells past N are black."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         got = "%s with shape %s" % (images.dtype, images.shape) if hasattr(images, "dtype") else type(images).__name__
         raise ValueError("images: %s, expected a NumPy uint8 array [N, H, W, C] (from [-0.5, 0.5]: "
                          "np.clip((x + .5) * 256, 0, 255).astype(np.uint8))" % got)
     if images.ndim != 4 or images.shape[0] < 1 or images.shape[3] not in (1, 3):
-        raise ValueError("images: shape %s, expected [N, H, W, C] with N >= 1 and C in {1, 3}"
-                         % (images.shape,))
+        raise ValueError("images: shape %s, expected [N, H, W, C] with N >= 1 and C in {1, 3}" % (images.shape,))
     n, h, w, c = images.shape
-    if n_cols is None:
-        n_cols = int(math.ceil(math.sqrt(n)))
+    n_cols = int(math.ceil(math.sqrt(n))) if n_cols is None else n_cols
     if isinstance(n_cols, bool) or not isinstance(n_cols, numbers.Integral) or n_cols < 1:
         raise ValueError("n_cols=%r: must be a positive integer" % (n_cols,))
-    n_cols = int(n_cols)
     n_rows = (n + n_cols - 1) // n_cols
     grid = np.zeros((n_rows * n_cols, h, w, c), np.uint8)
     grid[:n] = images
@@ -178,10 +150,8 @@ def image_grid(images, n_cols=None):
 def save_image_grid(images, path, n_cols=None):
     """Save uint8 images [N, H, W, C] (C in {1, 3}) as one PNG grid, atomically."""
     from PIL import Image  # only the sampling step needs Pillow
-
     grid = image_grid(images, n_cols)
-    # uint8 [H, W] becomes mode "L", [H, W, 3] mode "RGB"
-    img = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    # uint8 [H, W] becomes mode "L", [H, W, 3] mode "RGB"
+    Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

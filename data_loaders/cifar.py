@@ -1,27 +1,21 @@
 """Format: CIFAR-10 (Krizhevsky 2009), the official python and binary versions.
 
-python: a pickled dict per batch with 'data' uint8 [10000, 3072] (CHW rows) and 'labels'
-  (10000 ints); the keys are bytes in the official (Python 2) files, str in a copy
-  re-pickled by Python 3.  _Unpickler builds numpy arrays and plain containers, nothing else.
+python: a pickled dict per batch, 'data' uint8 [10000, 3072] (CHW rows) and 'labels' (ints), bytes
+  keys in the official (Python 2) files, str in a Python 3 re-pickle; read by _Unpickler.
 binary: records of 1 label byte + 3072 bytes CHW.
-Archives are read in memory, never extracted; one holding a link, device, FIFO, absolute
-or '..' name is refused, since no genuine data archive holds one.
+Archives are read in memory, never extracted; one holding a link, device, FIFO, absolute or '..'
+name is refused, since no genuine data archive holds one.
 """
 import io
 import os
+import pathlib
 import pickle
 import tarfile
 import zlib
 
 import numpy as np
 
-from .common import DataError, downsample, pool_factor
-from .sources import ArraySource
-
-try:  # numpy >= 1.26 names the module numpy._core
-    from numpy._core.multiarray import _reconstruct
-except ImportError:
-    from numpy.core.multiarray import _reconstruct
+from .common import ArraySource, DataError, downsample, pool_factor
 
 BATCHES = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]
 PY_DIR, BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
@@ -30,17 +24,18 @@ EXPECTED = "%s/{data_batch_1..5,test_batch} or %s/{data_batch_1..5,test_batch}.b
     PY_DIR, BIN_DIR, PY_TAR, BIN_TAR)
 SEARCHED, CHANNELS = True, 3
 _RECORD = 1 + 3 * 32 * 32
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array unpickler, in numpy(._)core.multiarray
 
 
 def find(folder):
-    """(layout, path) of the first CIFAR-10 copy in folder, or None."""
-    for layout, path, suffix in [("python", os.path.join(folder, PY_DIR), ""), ("python", folder, ""),
-                                 ("binary", os.path.join(folder, BIN_DIR), ".bin"), ("binary", folder, ".bin")]:
-        if all(os.path.isfile(os.path.join(path, b + suffix)) for b in BATCHES):
-            return layout, path
-    for layout, name in (("python-tar", PY_TAR), ("binary-tar", BIN_TAR)):
-        if os.path.isfile(os.path.join(folder, name)):
-            return layout, os.path.join(folder, name)
+    """(binary?, folder or archive, archive?) of the first CIFAR-10 copy in folder, or None."""
+    layouts = [(False, os.path.join(folder, PY_DIR), False), (False, folder, False),
+               (True, os.path.join(folder, BIN_DIR), False), (True, folder, False),
+               (False, os.path.join(folder, PY_TAR), True), (True, os.path.join(folder, BIN_TAR), True)]
+    for binary, path, packed in layouts:
+        files = [path] if packed else [os.path.join(path, b + (".bin" if binary else "")) for b in BATCHES]
+        if all(os.path.isfile(f) for f in files):
+            return binary, path, packed
     return None
 
 
@@ -50,35 +45,26 @@ def lacks(folder):
 
 def load(problem, found, image_size, n_channels):
     factor = pool_factor(problem.native, image_size, "problem %s" % problem.name)
-    layout, path = found
-    binary = layout.startswith("binary")
+    binary, path, packed = found
     names = [b + (".bin" if binary else "") for b in BATCHES]
-    if layout.endswith("-tar"):
-        top = BIN_DIR if binary else PY_DIR
-        members = _tar_members(path, ["%s/%s" % (top, n) for n in names])
-        raws = [("%s:%s/%s" % (path, top, n), members["%s/%s" % (top, n)]) for n in names]
+    if packed:
+        names = ["%s/%s" % (BIN_DIR if binary else PY_DIR, n) for n in names]
+        members = _tar_members(path, names)
+        raws = [("%s:%s" % (path, n), members[n]) for n in names]
     else:
-        raws = [(os.path.join(path, n), _read(os.path.join(path, n))) for n in names]
-    parse = _parse_binary if binary else _parse_python
-    parts = [parse(raw, name) for name, raw in raws]
+        raws = [(os.path.join(path, n), pathlib.Path(path, n).read_bytes()) for n in names]
+    parts = [_parse(raw, name, binary) for name, raw in raws]
     x_train, y_train = (np.concatenate(a) for a in zip(*parts[:5]))
-    x_test, y_test = parts[5]
     return (ArraySource(downsample(x_train, factor), y_train),
-            ArraySource(downsample(x_test, factor), y_test), problem.n_y)
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
+            ArraySource(downsample(parts[5][0], factor), parts[5][1]), problem.n_y)
 
 
 class _Unpickler(pickle.Unpickler):
     """Builds only what a CIFAR-10 batch holds: dicts, lists, strings, ints, numpy arrays.
 
-    The globals it resolves are numpy's array reconstruction and _codecs.encode, which
-    Python 3's pickle protocol 2 calls to rebuild bytes (such as an array's data) from
-    latin-1 text; here it is a function that does that and nothing else.  Any other
-    global (os.system, builtins.eval, ...) is refused before it can be called.
+    Besides numpy's array reconstruction it resolves _codecs.encode, which Python 3's pickle
+    protocol 2 calls to rebuild bytes (such as an array's data) from latin-1 text, as a function
+    that does that and nothing else.  Any other global (os.system, eval, ...) is refused uncalled.
     """
 
     def __init__(self, raw, name):
@@ -87,7 +73,7 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _reconstruct
+            return _RECONSTRUCT
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if (module, name) == ("_codecs", "encode"):
@@ -102,8 +88,26 @@ class _Unpickler(pickle.Unpickler):
         return text.encode("latin1")
 
 
-def _parse_python(raw, name):
-    """(x uint8 [N, 32, 32, 3], y int32 [N]) from the bytes of a python-version batch."""
+def _parse(raw, name, binary):
+    """(x uint8 [N, 32, 32, 3], y int32 [N]) from the bytes of one batch."""
+    if binary:
+        if not raw or len(raw) % _RECORD:
+            raise DataError("%s: %d bytes is not a whole number of %d-byte CIFAR-10 records" % (
+                name, len(raw), _RECORD))
+        records = np.frombuffer(raw, np.uint8).reshape(-1, _RECORD)  # [N, 1 + 3072]
+        data, labels = records[:, 1:], records[:, 0]
+    else:
+        data, labels = _unpickle(raw, name)
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataError("%s: %d images but %d labels" % (name, len(data), labels.size))
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError("%s: labels must be 0..9, found %d..%d" % (name, labels.min(), labels.max()))
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
+    return np.ascontiguousarray(x), labels.astype(np.int32)
+
+
+def _unpickle(raw, name):
+    """(data uint8 [N, 3072], labels [N]) of a python-version batch."""
     try:
         batch = _Unpickler(raw, name).load()
     except DataError:
@@ -115,33 +119,16 @@ def _parse_python(raw, name):
         batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError("%s: expected a dict with 'data' and 'labels' (bytes or str keys)" % name)
-    data, labels = batch["data"], np.asarray(batch["labels"])
+    data = batch["data"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         raise DataError("%s: 'data' must be uint8 [N, 3072], got %s %s" % (
             name, getattr(data, "dtype", type(data).__name__), getattr(data, "shape", "")))
-    return _to_images(data, labels, name)
-
-
-def _parse_binary(raw, name):
-    """(x uint8 [N, 32, 32, 3], y int32 [N]) from the bytes of a binary-version batch."""
-    if not raw or len(raw) % _RECORD:
-        raise DataError("%s: %d bytes is not a whole number of %d-byte CIFAR-10 records" % (name, len(raw), _RECORD))
-    records = np.frombuffer(raw, np.uint8).reshape(-1, _RECORD)  # [N, 1 + 3072]
-    return _to_images(records[:, 1:], records[:, 0], name)
-
-
-def _to_images(data, labels, name):
-    if labels.ndim != 1 or len(labels) != len(data):
-        raise DataError("%s: %d images but %d labels" % (name, len(data), labels.size))
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError("%s: labels must be 0..9, found %d..%d" % (name, labels.min(), labels.max()))
-    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
-    return np.ascontiguousarray(x), labels.astype(np.int32)
+    return data, np.asarray(batch["labels"])
 
 
 def _tar_members(path, wanted):
-    """{name: bytes} of the `wanted` members of the tar (.gz) at path, all members checked (see above)."""
-    wanted, found = set(wanted), {}
+    """{name: bytes} of the `wanted` members of the tar (.gz) at path; every member is checked."""
+    found = {}
     try:
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
@@ -159,7 +146,7 @@ def _tar_members(path, wanted):
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError("%s: cannot read the archive (%s): it is damaged or truncated; delete it and fetch it "
                         "again" % (path, exc)) from exc
-    missing = sorted(wanted - set(found))
+    missing = [n for n in wanted if n not in found]
     if missing:
         raise DataError("%s: archive lacks %s" % (path, ", ".join(missing)))
     return found

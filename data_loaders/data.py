@@ -1,14 +1,18 @@
-"""Data: one rank's view of a problem's train and test splits, as uint8 batches."""
+"""Data: one rank's view of a problem's train and test splits, as uint8 batches prepared a few
+ahead by a background thread (closing a batch generator early stops it)."""
+import itertools
+import queue
+import threading
+
 import numpy as np
 
 from .augment import augment
 from .common import DataError, check_int
-from .prefetch import prefetched
 
 # Tags that give each random stream its own RandomState seed.
 _ORDER, _SHUFFLE, _AUGMENT, _INIT_ORDER, _INIT_SHUFFLE, _INIT_AUGMENT = range(6)
-# A lazily read training set is shuffled within windows of about this many bytes.
-_WINDOW_BYTES = 1 << 28
+_WINDOW_BYTES = 1 << 28  # a lazily read training set is shuffled in windows of about this size
+THREAD_NAME = "glow-data-prefetch"
 
 
 def _rng(*keys):
@@ -16,55 +20,38 @@ def _rng(*keys):
 
 
 class Data(object):
-    """A problem's data for rank `rank` of `size` (see get_data).
-
-    n_y: classes (1 if unlabeled); image_shape: (H, W, C) of the batches;
-    n_train, n_test: sizes of the full splits (all ranks together);
-    augmentation: the Augmentation applied to training batches, or None;
-    location: the folder the files came from.
-    """
+    """A problem's data for rank `rank` of `size` (see get_data).  n_y: classes (1 if unlabeled);
+    image_shape: (H, W, C) of the batches; n_train, n_test: sizes of the whole splits;
+    augmentation: the Augmentation of training batches, or None; location: the files' folder."""
 
     def __init__(self, problem, train, test, n_y, image_shape, augmentation, seed, rank, size, location):
-        self.problem, self.n_y, self.image_shape = problem, n_y, tuple(image_shape)
-        self._train, self._test = train, test
-        self.n_train, self.n_test = train.n, test.n
-        self.augmentation, self.location = augmentation, location
-        self.seed, self.rank, self.size = seed, rank, size
+        self.problem, self.n_y, self.image_shape, self.location = problem, n_y, tuple(image_shape), location
+        self._train, self._test, self.n_train, self.n_test = train, test, train.n, test.n
+        self.augmentation, self.seed, self.rank, self.size = augmentation, seed, rank, size
 
     def test_range(self):
         """(start, stop): this rank's contiguous share of the test split."""
         return self.rank * self.n_test // self.size, (self.rank + 1) * self.n_test // self.size
 
     def train_batches(self, batch_size, epoch):
-        """Yield (x uint8 [B, H, W, C], y int32 [B]) full batches of one pass over this rank's
-        share of the training set, pass number `epoch`: shuffled from (seed, epoch) and augmented;
-        the remainder that does not fill a batch is dropped.  Batches are prepared by a
-        background thread; closing the generator early stops it."""
+        """Yield (x uint8 [B, H, W, C], y int32 [B]): the full batches of pass number `epoch` over
+        this rank's share of the training set, shuffled from (seed, epoch) and augmented."""
         self._steps_per_pass(batch_size)
         epoch = check_int(epoch, "epoch", 0)
         return prefetched(lambda: self._pass(batch_size, epoch, 0))
 
     def train_stream(self, batch_size, first, count):
-        """Yield `count` batches of this rank's endless stream of training batches, from its
-        batch number `first` (0-based) on.  The stream is passes 1, 2, 3, ... over this rank's
-        share, each as train_batches(batch_size, pass) yields it, end to end; so a stretch of
-        it is the same whatever stretch came before (a resumed run gets the batches it would
-        have got).  openai/glow's epoch (--n_train images) is such a stretch, not a pass."""
+        """Yield `count` batches of this rank's endless stream, train_batches(batch_size, pass) for
+        passes 1, 2, 3, ... end to end, from its batch `first` (0-based) on: a stretch is the same
+        whatever came before, so a resumed run gets the batches it would have got.  openai/glow's
+        epoch (--n_train images) is such a stretch, not a pass."""
         per_pass = self._steps_per_pass(batch_size)
-        first = check_int(first, "first", 0)
+        n_pass, skip = divmod(check_int(first, "first", 0), per_pass)
         count = check_int(count, "count", 0)
 
         def produce():
-            n_pass, skip = divmod(first, per_pass)
-            left = count
-            while left > 0:
-                n_pass += 1
-                for batch in self._pass(batch_size, n_pass, skip):
-                    yield batch
-                    left -= 1
-                    if left == 0:
-                        return
-                skip = 0
+            passes = (self._pass(batch_size, p, skip if p == n_pass + 1 else 0) for p in itertools.count(n_pass + 1))
+            yield from itertools.islice(itertools.chain.from_iterable(passes), count)
 
         return prefetched(produce)
 
@@ -77,14 +64,13 @@ class Data(object):
         return n_steps
 
     def _pass(self, batch_size, n_pass, skip):
-        """Pass n_pass's batches, less its first `skip` (which are not augmented: each batch's
-        augmentation has its own random stream, from (seed, pass, rank, batch))."""
-        n_steps = self._steps_per_pass(batch_size)
+        """Pass n_pass's batches but the first `skip`, which are not augmented: each batch's
+        augmentation has its own random stream, from (seed, pass, rank, batch)."""
         start = self.rank * (self.n_train // self.size)
+        stop = start + self._steps_per_pass(batch_size) * batch_size
         order, rng = _rng(self.seed, n_pass, _ORDER), _rng(self.seed, n_pass, self.rank, _SHUFFLE)
         window = max(4 * batch_size, _WINDOW_BYTES // int(np.prod(self.image_shape)))
-        batches = self._train.shuffled(order, start, start + n_steps * batch_size, batch_size, rng, window)
-        for i, (x, y) in enumerate(batches):
+        for i, (x, y) in enumerate(self._train.shuffled(order, start, stop, batch_size, rng, window)):
             if i >= skip:
                 yield self._finish(x, y, _rng(self.seed, n_pass, self.rank, _AUGMENT, i))
 
@@ -93,12 +79,7 @@ class Data(object):
         the last batch may be smaller.  The ranks' shares are disjoint and cover the set."""
         batch_size = check_int(batch_size, "batch_size", 1)
         start, stop = self.test_range()
-
-        def produce():
-            for x, y in self._test.ordered(start, stop, batch_size):
-                yield self._finish(x, y, None)
-
-        return prefetched(produce)
+        return prefetched(lambda: (self._finish(x, y, None) for x, y in self._test.ordered(start, stop, batch_size)))
 
     def init_batch(self, n):
         """(x, y): n training images, augmented, for data-dependent init; fixed by seed and rank."""
@@ -118,3 +99,39 @@ class Data(object):
         if x.shape[-1] != self.image_shape[-1]:
             x = np.repeat(x, self.image_shape[-1], axis=-1)  # grey [B, H, W, 1] -> [B, H, W, 3]
         return x, np.asarray(y, np.int32)
+
+
+def prefetched(produce, depth=2):
+    """Yield the items of the generator produce(), made by a worker thread at most `depth` ahead.
+    An exception in the worker is re-raised here.  Closing this generator early (or dropping it)
+    stops the worker, which is joined before close() returns."""
+    items, slots, stop = queue.Queue(), threading.Semaphore(depth), threading.Event()
+
+    def work():  # puts (False, item) per item, then (True, None), or (True, exc) on an exception
+        source = produce()
+        try:
+            for item in source:
+                slots.acquire()  # waits while `depth` items wait for the consumer
+                if stop.is_set():
+                    return
+                items.put((False, item))
+            items.put((True, None))
+        except Exception as exc:  # handed over to the consumer, which re-raises it
+            items.put((True, exc))
+        finally:
+            source.close()
+
+    worker = threading.Thread(target=work, name=THREAD_NAME, daemon=True)  # never keeps Python alive
+    worker.start()
+    try:
+        done, value = items.get()
+        while not done:
+            slots.release()
+            yield value
+            done, value = items.get()
+        if value is not None:
+            raise value
+    finally:
+        stop.set()
+        slots.release()  # wakes a worker waiting for a slot, to see `stop`
+        worker.join()

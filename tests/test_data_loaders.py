@@ -18,8 +18,7 @@ from PIL import Image
 import data_loaders
 from data_loaders import DataError, get_data
 from data_loaders import augment as augment_mod
-from data_loaders import locate as locate_mod
-from data_loaders.prefetch import THREAD_NAME
+from data_loaders.data import THREAD_NAME
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -34,7 +33,7 @@ def isolated(tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(str(cwd))
-    monkeypatch.setattr(locate_mod, "SYSTEM_DATASETS", str(tmp_path / "system"))
+    monkeypatch.setattr(data_loaders, "SYSTEM_DATASETS", str(tmp_path / "system"))
     return tmp_path
 
 
@@ -755,15 +754,15 @@ def local_mirror(tmp, problem_files):
     remotes = []
     for path in problem_files:
         blob = path.read_bytes()
-        remotes.append(locate_mod.Remote(path.name, ("file://" + str(path),), len(blob),
-                                         hashlib.sha256(blob).hexdigest()))
+        remotes.append(data_loaders.Remote(path.name, ("file://" + str(path),), len(blob),
+                                           hashlib.sha256(blob).hexdigest()))
     return tuple(remotes)
 
 
 def test_download_from_file_url_is_verified_and_used(isolated, monkeypatch):
     write_idx_dir(isolated / "mirror", n_train=8)
     files = sorted((isolated / "mirror").iterdir())
-    monkeypatch.setitem(locate_mod.DOWNLOADS, "mnist", local_mirror(isolated, files))
+    monkeypatch.setitem(data_loaders.DOWNLOADS, "mnist", local_mirror(isolated, files))
     cache = isolated / "cache"
     data = get_data("mnist", cache_dir=str(cache))
     assert data.n_train == 8 and data.location == str(cache)
@@ -771,8 +770,8 @@ def test_download_from_file_url_is_verified_and_used(isolated, monkeypatch):
 
 
 def test_failed_download_is_reported_with_everything_else(isolated, monkeypatch):
-    gone = locate_mod.Remote("train-images-idx3-ubyte.gz", ("file:///nonexistent/x.gz",), 10, "0" * 64)
-    monkeypatch.setitem(locate_mod.DOWNLOADS, "mnist", (gone,))
+    gone = data_loaders.Remote("train-images-idx3-ubyte.gz", ("file:///nonexistent/x.gz",), 10, "0" * 64)
+    monkeypatch.setitem(data_loaders.DOWNLOADS, "mnist", (gone,))
     with pytest.raises(DataError) as err:
         get_data("mnist", cache_dir=str(isolated / "cache"))
     msg = str(err.value)
@@ -790,24 +789,24 @@ class FakeResponse(io.BytesIO):
     (b"a" * 5000000, "got [0-9]+ bytes, the published size is 100"),
 ], ids=["short", "wrong-bytes", "too-long"])
 def test_bad_download_is_rejected_and_deleted(tmp_path, served, message):
-    remote = locate_mod.Remote("f.gz", ("https://example.invalid/f.gz",), 100,
-                               hashlib.sha256(b"a" * 100).hexdigest())
+    remote = data_loaders.Remote("f.gz", ("https://example.invalid/f.gz",), 100,
+                                 hashlib.sha256(b"a" * 100).hexdigest())
     with pytest.raises(DataError, match=message):
-        locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(served))
+        data_loaders.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(served))
     assert os.listdir(str(tmp_path)) == []
-    path = locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"a" * 100))
+    path = data_loaders.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"a" * 100))
     assert os.listdir(str(tmp_path)) == ["f.gz"] and open(path, "rb").read() == b"a" * 100
 
 
 def test_plain_http_is_refused(tmp_path):
-    remote = locate_mod.Remote("f", ("http://example.invalid/f",), 1, "0" * 64)
+    remote = data_loaders.Remote("f", ("http://example.invalid/f",), 1, "0" * 64)
     with pytest.raises(DataError, match="refusing to download over 'http'"):
-        locate_mod.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"x"))
+        data_loaders.fetch(remote, str(tmp_path), opener=lambda url, timeout: FakeResponse(b"x"))
 
 
 def test_download_table_is_complete():
     for problem in ("mnist", "fashion-mnist", "cifar10"):
-        for remote in locate_mod.DOWNLOADS[problem]:
+        for remote in data_loaders.DOWNLOADS[problem]:
             assert all(u.startswith("https://") for u in remote.urls)
             assert remote.size > 0 and len(remote.sha256) == 64
     assert set(data_loaders.PROBLEMS) >= {"mnist", "cifar10", "imagenet-oord", "imagenet",

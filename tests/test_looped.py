@@ -8,8 +8,7 @@ import tensorflow.compat.v1 as tf
 import looped
 import memory_saving_gradients as msg
 import model as glow_model
-from test_memory_saving_gradients import BATCH, CHECKPOINTED, COMBOS, IMAGE, _build, _images, _run, losses, \
-    small_glow, variant
+from test_memory_saving_gradients import BATCH, CHECKPOINTED, IMAGE, _build, _images, _run, losses, small_glow, variant
 
 
 def looped_glow(glow):

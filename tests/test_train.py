@@ -14,8 +14,8 @@ import pytest
 
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import train
-import trainer as trainer_lib
 import utils
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -103,8 +103,8 @@ def test_resume_continues_from_saved_step(tmp_path):
     # steps 0 and 20 were written before, 32 and 64 after.
     kept = sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index"))
     assert kept == ["model.ckpt-32.index", "model.ckpt-64.index"], kept
-    # Resuming with a smaller model is refused, and nothing is pruned.
-    with pytest.raises(ValueError, match="variables this model does not have"):
+    # Resuming with a smaller model is refused, both depths named, and nothing is pruned.
+    with pytest.raises(ValueError, match="--depth 1 contradicts the run's --depth 2"):
         _run(tmp_path, "--epochs", "3", "--resume", "--depth", "1")
     assert sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index")) == kept
 
@@ -318,9 +318,9 @@ def test_checkpoint_layouts_convert_both_ways(tmp_path):
         prefix = str(tmp_path / name / "model.ckpt")
         _write_checkpoint(prefix, source)
         shapes = dict((k, list(v.shape)) for k, v in target.items())
-        assert trainer_lib.checkpoint_in_layout(prefix, dict((k, list(v.shape)) for k, v in source.items()),
-                                                str(tmp_path)) == prefix
-        converted = trainer_lib.checkpoint_in_layout(prefix, shapes, str(tmp_path))
+        assert checkpoints.in_layout(prefix, dict((k, list(v.shape)) for k, v in source.items()),
+                                     str(tmp_path)) == prefix
+        converted = checkpoints.in_layout(prefix, shapes, str(tmp_path))
         assert converted != prefix
         reader = tf.train.load_checkpoint(converted)
         assert sorted(reader.get_variable_to_shape_map()) == sorted(target)
@@ -328,17 +328,16 @@ def test_checkpoint_layouts_convert_both_ways(tmp_path):
             np.testing.assert_array_equal(reader.get_tensor(key), value, err_msg=key)
         assert sorted(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()) == sorted(source)
     with pytest.raises(ValueError, match="does not hold 1 of this model's variables, e.g. model/2/step/actnorm/b"):
-        trainer_lib.checkpoint_in_layout(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}),
-                                         str(tmp_path))
+        checkpoints.in_layout(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}), str(tmp_path))
     with pytest.raises(ValueError, match=r"model/1/step/actnorm/b \(shape \[4, 3\] in the checkpoint, \[5, 3\]"):
-        trainer_lib.checkpoint_in_layout(str(tmp_path / "stacked" / "model.ckpt"),
-                                         {"model/1/step/actnorm/b": [5, 3]}, str(tmp_path))
+        checkpoints.in_layout(str(tmp_path / "stacked" / "model.ckpt"), {"model/1/step/actnorm/b": [5, 3]},
+                              str(tmp_path))
     # A checkpoint of a larger model: what this model lacks is named, in
     # either layout (a smaller model must not load part of it and train on).
     fewer = dict((k, list(v.shape)) for k, v in stacked.items() if k != "model/pool0/conv/W")
     for name in ("stacked", "unrolled"):
         with pytest.raises(ValueError, match="holds 1 variables this model does not have, e.g. model/pool0/conv/W"):
-            trainer_lib.checkpoint_in_layout(str(tmp_path / name / "model.ckpt"), fewer, str(tmp_path))
+            checkpoints.in_layout(str(tmp_path / name / "model.ckpt"), fewer, str(tmp_path))
 
 
 @pytest.mark.parametrize("flags,message", [
