@@ -75,7 +75,8 @@ def test_numpy_objective_equals_the_graph(cfg):
             randomize_variables(sess, rng, scale=0.1)
             images, noise_v, labels = batch(rng, cfg)
             expected = sess.run(objectives, {x_u8: images, noise: noise_v, y: labels})[0]
-            params = dict((v.op.name, sess.run(v)) for v in tf.global_variables())
+            variables = tf.global_variables()
+            params = dict(zip([v.op.name for v in variables], sess.run(variables)))  # one run, not one each
     assert np.all(np.isfinite(expected)) and np.std(expected) > 0.1
     out = density_terms.density_terms(params, cfg, images, labels, noise_v)
     np.testing.assert_allclose(out["objective"], expected, rtol=1e-8)
@@ -100,8 +101,11 @@ def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
             sess.run(tf.global_variables_initializer())
             sess.run(init)
             randomize_variables(sess, rng, scale=0.1)
-            for param, average in zip(ema.params, ema.variables):
-                average.load(sess.run(param) + 0.05 * rng.randn(*param.get_shape().as_list()), sess)
+            # Each average moved off its weight (fed to the initializers: one
+            # run, not one per variable).
+            sess.run([a.initializer for a in ema.variables], dict(
+                (a.initializer.inputs[1], value + 0.05 * rng.randn(*value.shape))
+                for a, value in zip(ema.variables, sess.run(ema.params))))
             images, noise_v, labels = batch(rng, cfg)
             expected = sess.run(objectives, {x_u8: images, noise: noise_v, y: labels})
             prefix = tf.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
