@@ -58,7 +58,7 @@ class Trainer(object):
         self.checkpoints = checkpoints.Checkpoints(utils.dumps_strict(cfg.as_dict(), "config"))
         float_vars = [v for v in tf.global_variables() if v.dtype.base_dtype.is_floating]
         self.all_finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.is_finite(v)) for v in float_vars]))
-        # The run/ strings are the same on every rank (set before each save).
+        # Not the run/ strings: each rank's config names its own --logdir, and only rank 0 saves them.
         self.broadcast = backend.broadcast_variables([v for v in tf.global_variables()
                                                       if v.dtype.base_dtype != tf.string])
         self.global_init = tf.global_variables_initializer()
