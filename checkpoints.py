@@ -1,10 +1,9 @@
 """Checkpoints and the run state they carry.
 
-A checkpoint holds the weights, the optimizer's state and two JSON strings: `run/config`, the run's config (its
-architecture fields rebuild the model: a run folder describes itself), and `run/state`, the `RunState`, saved and
-restored with the weights as one thing. A run folder keeps checkpoints/ (the latest two) and best/ (the best test
-loss); TF rewrites each folder's `checkpoint` index atomically after the files, so a crash mid-save leaves the
-previous checkpoint in force.
+A checkpoint holds weights, optimizer state and two JSON strings: `run/config`, the run's config (its architecture
+fields rebuild the model: a run folder describes itself), and `run/state`, the `RunState`, saved and restored with the
+weights as one thing. A run folder keeps checkpoints/ (the latest two) and best/ (the best test loss); TF rewrites each
+folder's `checkpoint` index atomically after the files, so a crash mid-save leaves the previous checkpoint in force.
 """
 import json
 import os
@@ -19,8 +18,7 @@ import utils
 CONFIG_KEY = "run/config"
 STATE_KEY = "run/state"
 # Run state of checkpoints written before RunState (one variable each).
-_LEGACY_STATE = {"run/epoch": "epoch", "run/n_processed": "n_processed", "run/lr_scale": "lr_scale",
-                 "run/best_test": "best_test"}
+_LEGACY_STATE = dict(("run/" + field, field) for field in ("epoch", "n_processed", "lr_scale", "best_test"))
 
 
 class RunState(object):
@@ -46,8 +44,7 @@ class RunState(object):
 
 
 def latest(folder):
-    """The latest checkpoint prefix in `folder`, or in its checkpoints/ or
-    best/ (a run folder); None when there is none."""
+    """The latest checkpoint prefix in `folder` or its checkpoints/ or best/ (a run folder); None if there is none."""
     for path in (folder, os.path.join(folder, "checkpoints"), os.path.join(folder, "best")):
         prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else None
         if prefix:
@@ -69,9 +66,8 @@ def resolve(path):
 
 
 def saved_config(prefix):
-    """The run config a checkpoint was written with (a dict), or, for a checkpoint written before checkpoints
-    carried it, the first line of its run folder's train.txt; None when neither exists (the flags given must then
-    describe the model)."""
+    """The run config a checkpoint was written with (a dict), or, for a checkpoint from before checkpoints carried
+    it, the first line of its run folder's train.txt; None if neither exists (flags must then describe the model)."""
     reader = tf.train.load_checkpoint(prefix)
     if reader.has_tensor(CONFIG_KEY):
         return json.loads(tf.compat.as_text(reader.get_tensor(CONFIG_KEY)))
@@ -87,8 +83,7 @@ def step_of(prefix):
 
 
 class Checkpoints(object):
-    """The savers of one graph and its run/config and run/state variables.
-    Build it in the graph, after every other variable."""
+    """The savers of one graph and its run/config and run/state variables; build it after every other variable."""
 
     def __init__(self, config_json):
         with tf.variable_scope("run"):
@@ -107,8 +102,7 @@ class Checkpoints(object):
         self.shapes = dict((v.op.name, v.get_shape().as_list()) for v in tf.global_variables())
 
     def save(self, sess, logdir, state, best=False):
-        """Write the weights with `state` (a RunState) as
-        logdir/{checkpoints,best}/model.ckpt-<step>. Returns the prefix."""
+        """Save weights and `state` (a RunState) as logdir/{checkpoints,best}/model.ckpt-<step>; returns the prefix."""
         sess.run(self._assign, {self._feed: state.to_json()})
         folder = os.path.join(logdir, "best" if best else "checkpoints")
         saver = self.best_saver if best else self.saver

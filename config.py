@@ -114,6 +114,8 @@ def build_parser(defaults=True):
     a("--sample", type=int, default=0, metavar="N", help="write N samples of the checkpoint to a PNG grid, then exit")
     a("--temperature", type=float, default=0.7, help="with --sample")
     a("--tensorboard", action="store_true", help="also write TensorBoard summaries")
+    a("--progress_seconds", type=float, default=60, help="within an epoch, when stdout is not a terminal: a progress "
+      "line every this many seconds (0: none); on a terminal a progress bar (neither with --verbose)")
     a("--max_steps", type=int, default=0, help="stop after this many training steps in total (0: no limit)")
     return p
 
@@ -154,7 +156,8 @@ _RANGES = [(name, lambda v: v >= 1, "must be >= 1") for name in (
     ("lr_backoff", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("loss_scale", _is_loss_scale, "must be a number >= 1 or 'dynamic'"),
     ("sample", lambda v: v >= 0, "must be >= 0"),
-    ("max_steps", lambda v: v >= 0, "must be >= 0")]
+    ("max_steps", lambda v: v >= 0, "must be >= 0"),
+    ("progress_seconds", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (0: no progress lines)")]
 
 
 def check_args(args):
@@ -212,8 +215,8 @@ MODEL_FLAGS = (("n_levels", "n_levels"), ("depth", "depth"), ("width", "width"),
 # Flags that --resume keeps from the command line (or their defaults), not from the run.
 _NOT_ADOPTED_ON_RESUME = {
     "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
-    "precision_mode", "tensorboard", "verbose", "max_steps", "epochs", "evaluate", "sample", "inference",
-    "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
+    "precision_mode", "tensorboard", "verbose", "progress_seconds", "max_steps", "epochs", "evaluate", "sample",
+    "inference", "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
 
 
 def adopt_run(args, saved, source):

@@ -34,9 +34,8 @@ def _shape(x):
 
 def conv(kind, x, w, bias=None, scale=None):
     """(conv(edge_pad(x), w) + bias) * scale, for x [B, H, W, C] and w [kh, kw, C + 1, N] ([1, 1, C, N] for a 1x1
-    filter, which needs no padding); bias and scale [N] or None. Returns [B, H, W, N]. On 'cpu' an im2col matmul,
-    for the coupling network's first convs (few input channels), its bias on the matmul's output, where Grappler
-    fuses it with the ReLU after it."""
+    filter: no padding); bias and scale [N] or None. Returns [B, H, W, N]. On 'cpu' an im2col matmul for the coupling
+    network's first convs (few input channels), with its bias on the matmul's output for Grappler to fuse with ReLU."""
     if check(kind) == "plain":
         return _plain(x, w, bias, scale)
     if scale is not None:
@@ -53,11 +52,10 @@ def conv(kind, x, w, bias=None, scale=None):
 
 
 def zero_conv(kind, x, w, bias, scale):
-    """The same function as `conv`, with bias and scale given. On 'cpu' for the zero-initialised last convs (many
-    input channels, few output channels): u = x @ [w_0 | ... | w_{kh*kw-1}], one GEMM with N = kh*kw*n_out where
-    a conv's gradients are GEMMs with N = n_out, gives every tap's contribution at every pixel; the output sums
-    each tap's block shifted by its offset. The edge channel's part is a conv of a constant [1, H, W, 1] map: x
-    is never padded or concatenated."""
+    """`conv`'s function, with bias and scale given. On 'cpu' for the zero-initialised last convs (many input channels,
+    few output channels): u = x @ [w_0 | ... | w_{kh*kw-1}], one GEMM with N = kh*kw*n_out where a conv's gradients are
+    GEMMs with N = n_out, gives every tap's contribution at every pixel; the output sums each tap's block shifted by its
+    offset. The edge channel's part is a conv of a constant [1, H, W, 1] map: x is never padded or concatenated."""
     if check(kind) == "plain":
         return _plain(x, w, bias, scale)
     kh, kw, _, n_out = _shape(w)
@@ -84,8 +82,7 @@ def _plain(x, w, bias, scale):
 
 
 def _edge_indicator(filter_size, h, w, dtype):
-    """[1, h + 2a, w + 2b, 1]: 1 on the zero padding of a 'VALID' conv with an
-    odd filter of size (2a+1, 2b+1) over an h x w image, 0 inside."""
+    """[1, h + 2a, w + 2b, 1]: 1 on the zero padding of a (2a+1, 2b+1) 'VALID' conv over an h x w image, 0 inside."""
     a, b = (filter_size[0] - 1) // 2, (filter_size[1] - 1) // 2
     pad = np.ones([1, h + 2 * a, w + 2 * b, 1], dtype=dtype.as_numpy_dtype)
     pad[:, a:a + h, b:b + w, :] = 0.0
@@ -107,6 +104,5 @@ def add_edge_padding(x, filter_size):
 
 
 def _window(x, dy, dx, h, w):
-    """x[:, dy:dy+h, dx:dx+w, :] as tf.slice, whose gradient is a Pad (the
-    StridedSliceGrad of Python indexing is a slower kernel on CPU)."""
+    """x[:, dy:dy+h, dx:dx+w, :] as tf.slice, whose gradient is a Pad (indexing's StridedSliceGrad is slower on CPU)."""
     return tf.slice(x, [0, dy, dx, 0], [-1, h, w, -1])

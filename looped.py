@@ -1,17 +1,15 @@
 """--loop_steps: a level's flow steps as one tf.while_loop over one copy of the step. Graph memory follows the ops:
 an unrolled level holds `depth` copies of the step's ops (and of their gradient's), a looped one holds one.
 
-Each step variable becomes one variable stacked over the steps, [depth, ...], under the level's scope `step/`
-(step_key: unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so the optimizer, the Polyak
-averages and the saver do not grow with depth either; iteration i reads row i through a custom getter.
-`convert_checkpoint` converts checkpoints between the layouts, both ways: a run resumes, evaluates or samples with
-or without --loop_steps.
+Each step variable becomes one variable stacked over the steps, [depth, ...], under the level's scope `step/` (step_key:
+unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so the optimizer, the Polyak averages and the
+saver do not grow with depth either; iteration i reads row i through a custom getter. `convert_checkpoint` converts
+checkpoints between the layouts: a run resumes, evaluates or samples with or without --loop_steps.
 
-`runner(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations);
-'recompute' keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is
-a second loop, last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop
-too; an iteration has no variable of its own to assign, so tfops.get_variable_ddi gets an _InitValue that collects
-the step's statistics, assigned after the loop.
+`runner(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations); 'recompute'
+keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is a second loop,
+last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop too, whose iterations
+collect the step's statistics (_InitValue), assigned after the loop.
 """
 import collections
 import re
@@ -34,8 +32,7 @@ def step_key(name):
 
 
 def runner(mode="none"):
-    """A level runner for model.Glow(run_steps=...): looped steps, whose
-    gradient in the graph built with for_gradients=True is `mode`'s."""
+    """A model.Glow run_steps of looped steps, whose gradient in graphs built with for_gradients=True is `mode`'s."""
     msg.check_mode(mode)
 
     def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
@@ -53,9 +50,8 @@ def runner(mode="none"):
 
 def _stacked_variables(make_step, depth, z):
     """Under a level's variable scope: its steps' variables, each stacked over the steps as `STEP_SCOPE/<name>`
-    [depth, ...], as the scope's custom getter gives them (an evaluation graph's: the Polyak averages):
-    ({name: value} of the trainable float variables, {the same} of the others). The first graph to ask creates
-    them (_create_stacked)."""
+    [depth, ...], as the scope's custom getter gives them (an evaluation graph's: the Polyak averages): ({name: value}
+    of the trainable float variables, {the same} of the others), created by the first graph to ask (_create_stacked)."""
     prefix = tf.get_variable_scope().name + "/" + STEP_SCOPE + "/"
     if not any(v.op.name.startswith(prefix) for v in tf.global_variables()):
         _create_stacked(make_step, depth, z)
@@ -69,11 +65,10 @@ def _stacked_variables(make_step, depth, z):
 
 
 def _create_stacked(make_step, depth, z):
-    """Create a level's stacked variables without building `depth` steps in this graph: each step is built alone
-    in a scratch graph, under an unrolled build's scope names and graph seed, which records what it asks
-    tf.get_variable for; each stacked variable's initial value stacks the steps'. Initial values drawn in NumPy
-    from the scope's name (tfops.layer_rng: 1x1 convs, permutations) are an unrolled build's, row by row; TF's
-    random initialisers draw the whole stack at once."""
+    """Create a level's stacked variables without building `depth` steps in this graph: each step is built alone in a
+    scratch graph, under an unrolled build's scope names and graph seed, recording what it asks tf.get_variable for;
+    each stacked variable's initial value stacks the steps'. Initial values from tfops.layer_rng (1x1 convs,
+    permutations) are an unrolled build's, row by row; TF's random initialisers draw the whole stack at once."""
     scope = tf.get_variable_scope().name
     requests = collections.OrderedDict()  # name in the step -> [each step's tf.get_variable kwargs]
 
@@ -94,8 +89,7 @@ def _create_stacked(make_step, depth, z):
 
 
 def _stacked_request(name, steps):
-    """tf.get_variable kwargs for one variable stacked over the steps, from
-    each step's request for it (`steps`, in step order)."""
+    """tf.get_variable kwargs for one variable stacked over the steps, from each step's request (`steps`, in order)."""
     first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
     inits = [s.get("initializer") for s in steps]
     if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
@@ -110,8 +104,7 @@ def _stacked_request(name, steps):
 
 
 class _InitValue(collections.namedtuple("_InitValue", "name recorded")):
-    """What the init pass's getter returns for a data-dependent variable:
-    `assign` records the value instead of assigning it."""
+    """The init pass getter's stand-in for a data-dependent variable: `assign` records the value instead."""
 
     def assign(self, value):
         self.recorded.append((self.name, value))
@@ -165,8 +158,7 @@ class _LoopedLevel(object):
         return {name: tf.convert_to_tensor(self.params[name]) for name in self.names}
 
     def forward(self, z, logdet, stacks, back_prop, kept=(), backwards=False):
-        """The steps from z (last to first and inverted for backwards); kept:
-        TensorArrays that get each step's input. Returns [z, logdet] + kept."""
+        """The steps from z (inverted, last to first, if backwards), each input written to kept: [z, logdet] + kept."""
         def body(i, z, logdet, *kept):
             kept = [ta.write(i, z) for ta in kept]
             with self.in_step(i, stacks):
@@ -202,9 +194,8 @@ class _LoopedLevel(object):
             return tf.identity(z), tf.identity(logdet)
 
     def checkpointed(self, z, logdet, mode):
-        """Forward with the gradient of 'recompute' or 'invertible': a backward loop, last step to first, over
-        step_backward, writing the variables' gradients to TensorArrays. The custom gradient's inputs are the
-        variables' reads, so that the gradients it returns reach them."""
+        """Forward with the gradient of 'recompute' or 'invertible': a loop over step_backward, last step to first, into
+        the variables' gradient stacks. Its custom gradient takes the variables' reads, so its gradients reach them."""
         record = msg.FlowRecord(mode, self.scope.name)
         z_in, logdet_in, reads = z, logdet, self.reads()
 
@@ -248,22 +239,19 @@ class _LoopedLevel(object):
         return [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
 
     def inputs_both_ways(self, record, z_in, logdet):
-        """[depth, ...] stacks of each step's input from the forward pass, and as the backward pass has it (the
-        same for 'recompute'; the steps' inverses from the level's output for 'invertible'):
-        memory_saving_gradients.reconstruction_error's diagnostic."""
+        """[depth, ...] stacks of each step's input from the forward pass and as the backward pass has it (the same for
+        'recompute'; the steps' inverses from the level's output for 'invertible'), for msg.reconstruction_error."""
         forward_inputs = self.forward(z_in, logdet, record.stacks, False, [self._arrays(z_in)])[2].stack()
         if record.mode == "recompute":
             return forward_inputs, forward_inputs
         rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, [self._arrays(z_in)], backwards=True)
-        # Written before each inverse: row i is step i's output, step i+1's
-        # input; step 0's input is what the last inverse returns.
+        # Row i, written before each inverse, is step i's output (step i+1's input); the last inverse gives step 0's.
         return forward_inputs, tf.concat([rebuilt[0][None], rebuilt[2].stack()[:-1]], axis=0)
 
 
 def convert_checkpoint(reader, shapes):
-    """The values of the variables `shapes` ({key: shape}) from a checkpoint reader whose step variables may be
-    in the other layout (unrolled or looped; slots and averages included): ({key: value}, the checkpoint keys
-    used, [the keys found in neither layout])."""
+    """The values of the variables `shapes` ({key: shape}) from a checkpoint reader whose step variables may be in
+    the other layout (unrolled or looped; slots and averages too): ({key: value}, the keys used, [keys in neither])."""
     have = reader.get_variable_to_shape_map()
     rows = collections.defaultdict(dict)  # stacked key -> {step: the checkpoint's key of that step's variable}
     for key, stacked in [(k, step_key(k)) for k in have if step_key(k) is not None]:

@@ -18,9 +18,8 @@ only once the backward pass gets there, as new ops (fresh variable reads) that G
 forward ones; a custom getter collects its variable reads, so the variables' gradients come from the recomputed copy
 alone. looped.py does the same for --loop_steps, a backward loop over `step_backward`.
 
-The graph must be built for the mode (run_steps `unrolled(mode)` or looped.runner(mode),
-losses(..., for_gradients=True)); `gradients` checks it: a mismatch would silently keep every activation.
-Data-dependent init, evaluation and sampling graphs are never wrapped.
+The graph must be built for the mode (`unrolled(mode)` or looped.runner(mode), for_gradients=True); `gradients` checks
+it: a mismatch silently keeps every activation. Data-dependent init, evaluation and sampling graphs are never wrapped.
 """
 import collections
 
@@ -38,9 +37,8 @@ def check_mode(mode):
 
 class FlowRecord(object):
     """What a checkpointed flow built, for `gradients` and the diagnostics: its mode, `op` (the custom gradient's
-    IdentityN its outputs come from), its forward ops, each step's forward input and, once the backward pass is
-    built, {step: its input as the backward pass had it}. both_inputs(): the [depth, B, H, W, C] stacks of both
-    (looped.py sets its own)."""
+    IdentityN giving its outputs), its forward ops, each step's forward input and, once the backward pass is built,
+    {step: its input as the backward pass had it}. both_inputs(): [depth, B, H, W, C] stacks of both (or looped's)."""
 
     def __init__(self, mode, scope_name):
         self.mode, self.scope_name, self.op = mode, scope_name, None
@@ -62,8 +60,7 @@ def register(record, z, logdet):
 
 
 def unrolled(mode):
-    """A level runner for model.Glow(run_steps=...): unrolled steps whose
-    gradient, in the graph built with for_gradients=True, is `mode`'s."""
+    """A model.Glow run_steps of unrolled steps, whose gradient in graphs built with for_gradients=True is `mode`'s."""
     check_mode(mode)
 
     def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
@@ -138,8 +135,7 @@ class _Reads(object):
         return read
 
     def gradients(self, ys, xs, grad_ys, wanted, by_name):
-        """tf.gradients(ys, xs, grad_ys); the gradients of the reads of the
-        variables in `wanted` (op names) go to by_name[name]."""
+        """tf.gradients(ys, xs, grad_ys); those of the reads of variables in `wanted` (op names) go to by_name[name]."""
         pairs = [(k, r) for k in self.reads if k in wanted for r in self.reads[k]]
         grads = tf.gradients(ys, xs + [r for _, r in pairs], grad_ys=grad_ys)
         for (name, _), g in zip(pairs, grads[len(xs):]):
@@ -149,10 +145,9 @@ class _Reads(object):
 
 
 def _rebuild_coupling_step(step, scope, z_out, dz, dlogdet, wanted, by_name):
-    """'invertible' backprop of a coupling step from its output: (the rebuilt input, d input). The coupling
-    passed z1 through, so z_out's first half is the network's input as the forward pass had it: h = nn(z1),
-    evaluated once, rebuilds z2's input (couple's inverse) and carries the gradient; the cheap prefix is
-    inverted, then recomputed for its own gradient."""
+    """'invertible' backprop of a coupling step from its output: (the rebuilt input, d input). The coupling passed z1
+    through, so z_out's first half is the network's forward input: h = nn(z1), computed once, rebuilds z2's input
+    (couple's inverse) and carries the gradient; the cheap prefix is inverted, then recomputed for its gradient."""
     zeros = tf.zeros_like(dlogdet)
     nn_reads, prefix_reads, couple_reads = _Reads(), _Reads(), _Reads()
     with tf.control_dependencies([dz]):
@@ -177,10 +172,9 @@ def _rebuild_coupling_step(step, scope, z_out, dz, dlogdet, wanted, by_name):
 
 
 def step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted, by_name=None):
-    """The backward pass through one step: (its input as the backward pass has it, d input,
-    by_name: {variable op name: [gradient, ...]}, added to) for the variables in `wanted` (op names). z_kept: the
-    step's input the forward pass kept ('recompute'); z_next: its output, from which 'invertible' rebuilds the
-    input. scope: the step's variable scope."""
+    """The backward pass through one step: (its input as the backward pass has it, d input, by_name: {variable op name:
+    [gradient, ...]}, added to) for the variables in `wanted` (op names). z_kept: the step's input the forward pass kept
+    ('recompute'); z_next: its output, from which 'invertible' rebuilds the input. scope: the step's variable scope."""
     by_name = collections.defaultdict(list) if by_name is None else by_name
     if mode == "invertible" and is_coupling_step(step):
         return _rebuild_coupling_step(step, scope, z_next, dz, dlogdet, wanted, by_name) + (by_name,)
@@ -234,11 +228,10 @@ def gradients(loss, params, mode="none"):
 
 
 def reconstruction_error(loss):
-    """Max over the steps of the checkpointed flows under `loss` of max|backward input - forward input| /
-    max|forward input|, float64: 0 for 'recompute'; for 'invertible' the inverses' rounding, which the gradients
-    inherit and which grows from the level's output down to its first step (an affine coupling's inverse
-    multiplies it by 1/scale). Build `gradients(loss, ...)` first; run it apart from training steps (it computes
-    the backward pass and keeps the forward inputs)."""
+    """Max over the steps of the checkpointed flows under `loss` of max|backward input - forward input| / max|forward
+    input|, float64: 0 for 'recompute'; for 'invertible' the inverses' rounding, which the gradients inherit, growing
+    from the level's output down to its first step (an affine coupling's inverse multiplies it by 1/scale). Build
+    `gradients(loss, ...)` first; run it apart from training (it runs the backward pass, keeping forward inputs)."""
     errors = []
     for record in _flows_under(loss):
         forward, backward = [tf.cast(t, tf.float64) for t in record.both_inputs()]  # [depth, B, H, W, C]

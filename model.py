@@ -1,9 +1,8 @@
 """The Glow model (Kingma & Dhariwal 2018) as a TF1 graph, from tfops.py.
 
-Architecture (paper section 3, Figure 2): squeeze the image; per level, `depth` flow steps (actnorm ->
-permutation -> coupling), then, between levels, split off half the channels under a learned Gaussian prior and
-squeeze again.
-The top latent's Gaussian prior is zero, learned (`learntop`) or class-conditional (`ycond`). `Glow` holds only
+Architecture (paper section 3, Figure 2): squeeze the image; per level, `depth` flow steps (actnorm -> permutation ->
+coupling), then, between levels, split off half the channels under a learned Gaussian prior and squeeze again. The
+top latent's Gaussian prior is zero, learned (`learntop`) or class-conditional (`ycond`). `Glow` holds only
 hyperparameters: every graph it builds reads the same variables under one scope, and a `custom_getter` lets an
 evaluation graph read other values for them (the Polyak averages) without swapping weights.
 """
@@ -29,17 +28,17 @@ ARCHITECTURE = ("image_shape", "n_levels", "depth", "width", "permutation", "cou
 
 class FlowStep(object):
     """One step of flow (paper Figure 2a, openai/glow's revnet2d_step) under variable scope `name`: actnorm ->
-    permutation -> coupling, ops of tfops' contract op(z, logdet, reverse) -> (z, logdet); the inverse runs the
-    list reversed. memory_saving_gradients' invertible mode reads its parts, to run the network once per step
-    backward: `prefix` (the ops before the coupling), `nn` (z1 -> h), `couple` (h, z2, logdet, reverse) ->
-    (z2', logdet)."""
+    permutation -> coupling, ops of tfops' contract op(z, logdet, reverse) -> (z, logdet); the inverse runs the list
+    reversed. memory_saving_gradients' invertible mode reads its parts, to run the network once per step backward:
+    `prefix` (the ops before the coupling), `nn` (z1 -> h), `couple` (h, z2, logdet, reverse) -> (z2', logdet)."""
 
     def __init__(self, glow, name, n_channels):
-        self.glow, self.name = glow, name
+        self.name = name
         n_per_channel, self.couple = tfops.COUPLINGS[glow.coupling]
-        self.n_nn_out = n_per_channel * n_channels // 2
         self.prefix_ops = [functools.partial(tfops.actnorm, "actnorm"),
                            functools.partial(tfops.PERMUTATIONS[glow.permutation], glow.permutation)]
+        self._nn = functools.partial(tfops.coupling_nn, "f1", width=glow.width, n_out=n_per_channel * n_channels // 2,
+                                     kernels=glow.kernels)  # z1 -> h
 
     def __call__(self, z, logdet, reverse=False):
         return self._run(self.prefix_ops + [self.coupling], z, logdet, reverse)
@@ -63,14 +62,10 @@ class FlowStep(object):
         with tf.variable_scope(self.name):
             return self._nn(z1)
 
-    def _nn(self, z1):
-        return tfops.coupling_nn("f1", z1, self.glow.width, self.n_nn_out, kernels=self.glow.kernels)
-
 
 def unrolled(make_step, depth, z, logdet, reverse=False, for_gradients=False):
-    """Glow's default `run_steps`: a level's `depth` steps, each with its own ops and variables (scopes "0", "1",
-    ...), or their inverses last to first. memory_saving_gradients' and looped.py's take gradients with less
-    memory."""
+    """Glow's default `run_steps`: a level's `depth` steps, each with its own ops and variables (scopes "0", "1", ...),
+    or their inverses last to first. memory_saving_gradients' and looped.py's take gradients with less memory."""
     steps = [make_step(str(i)) for i in range(depth)]
     for step in (reversed(steps) if reverse else steps):
         z, logdet = step(z, logdet, reverse)
@@ -163,8 +158,7 @@ class Glow(object):
         return Encoding(z=z, logdet=logdet, objective=objective, eps=eps, zs=zs)
 
     def top_prior(self, y, batch_size, custom_getter=None):
-        """Gaussian prior of the top latent: zero mean and log-std, plus a
-        learned conv of zeros (learntop) and a class embedding (ycond)."""
+        """The top latent's Gaussian prior: zero, plus a learned conv of zeros (learntop), a class embedding (ycond)."""
         n_z = self.top_shape[2]
         with self.scope(custom_getter), tf.variable_scope("prior"):
             h = tf.zeros(tf.stack([batch_size] + list(self.top_shape[:2]) + [2 * n_z]), self.dtype)
@@ -177,9 +171,8 @@ class Glow(object):
         return tfops.GaussianDiag(h[:, :, :, :n_z], h[:, :, :, n_z:])
 
     def decode(self, eps, y=None, temperature=1.0, custom_getter=None):
-        """Latent noise -> data in [-0.5, 0.5] (before postprocess). eps: a list
-        like Encoding.eps, given in full the exact inverse of `encode` (up to
-        float error); entries None are drawn from the prior at `temperature`."""
+        """Latent noise -> data in [-0.5, 0.5] (before postprocess). eps: a list like Encoding.eps, given in full the
+        exact inverse of `encode` (up to float error); entries None are drawn from the prior at `temperature`."""
         eps = [None] * self.n_levels if eps is None else eps
         if len(eps) != self.n_levels:
             raise ValueError("decode: got %d eps tensors for %d levels" % (len(eps), self.n_levels))
@@ -194,11 +187,10 @@ class Glow(object):
             return tfops.unsqueeze2d(z)  # [B, H, W, C]
 
     def losses(self, x_uint8, y, dequantize=True, custom_getter=None, for_gradients=False):
-        """The objective on a batch of uint8 images, as per-example tensors [B]: objective (log p(x) of the
-        continuous model, nats), bits_x (bits per dimension, the paper's metric: -objective / (ln 2 * H*W*C)),
-        bits_y (class loss in bits; zero without ycond and weight_y), loss (bits_x + weight_y * bits_y),
-        pred_loss (1 for a wrong class prediction, and without a classifier, as openai/glow). for_gradients: see
-        `Glow`."""
+        """The objective on a batch of uint8 images, as per-example tensors [B]: objective (log p(x) of the continuous
+        model, nats), bits_x (bits per dimension, the paper's metric: -objective / (ln 2 * H*W*C)), bits_y (class loss
+        in bits; zero without ycond and weight_y), loss (bits_x + weight_y * bits_y), pred_loss (1 for a wrong class
+        prediction, and without a classifier, as openai/glow). for_gradients: see `Glow`."""
         x = self.preprocess(x_uint8)
         if dequantize:
             x = self.dequantize(x)

@@ -9,8 +9,7 @@ import shutil
 
 
 def _moxing(url):
-    """moxing for an object-store URL (obs://, s3://), None for a local path; RuntimeError saying why
-    `url` needs moxing if it is not importable."""
+    """moxing for an object-store URL (obs://, s3://), None for a local path; a RuntimeError if it is not importable."""
     if not url.startswith(("obs://", "s3://")):
         return None
     try:

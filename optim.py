@@ -40,16 +40,6 @@ def _check_number(what, value, ok, accepted):
         raise ValueError("%s=%r: must be a number %s" % (what, value, accepted))
 
 
-def _check_hyperparams(lr, beta1, beta2, weight_decay, epsilon):
-    _check_number("beta1", beta1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-    _check_number("beta2", beta2, lambda v: 0.0 < v < 1.0, "in (0, 1)")
-    _check_number("weight_decay", weight_decay, lambda v: 0.0 < v <= 1.0,
-                  "in (0, 1]; it multiplies the weights each step, 1.0 disables it")
-    _check_number("epsilon", epsilon, lambda v: v >= 0.0, ">= 0")
-    if isinstance(lr, (int, float)):  # else a tensor
-        _check_number("lr", lr, lambda v: v >= 0.0, ">= 0")
-
-
 def _check_params(params):
     """Resource variables with a known shape, each once. Returns a list."""
     params = list(params)
@@ -189,13 +179,18 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
     lr: Python number or float scalar tensor (e.g. a placeholder fed each step, for warm-up).
     beta1 in [0, 1) (0: no first moment); beta2 in (0, 1); weight_decay: a factor in (0, 1], 1.0 = off.
     loss: optional tensor; if it or any gradient is NaN/inf, the step changes only `n_skipped`.
-    polyak_decay: None uses beta2, as glow does. scope: of the state variables (checkpoint keys).
-    """
+    polyak_decay: None uses beta2, as glow does. scope: of the state variables (checkpoint keys)."""
     if name not in OPTIMIZERS:
         raise ValueError("optimizer %r: expected one of %s" % (name, ", ".join(OPTIMIZERS)))
     params = _check_params(params)
     grads = _dense_grads(params, grads)
-    _check_hyperparams(lr, beta1, beta2, weight_decay, epsilon)
+    _check_number("beta1", beta1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    _check_number("beta2", beta2, lambda v: 0.0 < v < 1.0, "in (0, 1)")
+    _check_number("weight_decay", weight_decay, lambda v: 0.0 < v <= 1.0,
+                  "in (0, 1]; it multiplies the weights each step, 1.0 disables it")
+    _check_number("epsilon", epsilon, lambda v: v >= 0.0, ">= 0")
+    if isinstance(lr, (int, float)):  # else a tensor
+        _check_number("lr", lr, lambda v: v >= 0.0, ">= 0")
     with tf.variable_scope(scope):
         step = tf.get_variable("t", [], tf.float32, tf.ones_initializer(), **_STATE)  # exact to 2**24 steps
         n_skipped = tf.get_variable("n_skipped", [], tf.int64, tf.zeros_initializer(), **_STATE)

@@ -126,10 +126,9 @@ def hccl_ranks_from_env(environ=None):
 
 
 def detect_backend(requested, device, environ=None):
-    """`requested`, or for 'auto': horovod when a Horovod/MPI launcher started this process (HOROVOD_RANK
-    set, OMPI_COMM_WORLD_SIZE or PMI_SIZE > 1; then a missing horovod is an error, not a silent
-    single-process run), else hccl on device npu with RANK_SIZE > 1, else none. 'none' under such a
-    launcher is an error: every process would train alone and write to the same log directory."""
+    """`requested`, or for 'auto': horovod under a Horovod/MPI launcher (HOROVOD_RANK set, OMPI_COMM_WORLD_SIZE or
+    PMI_SIZE > 1; then a missing horovod is an error, not a silent single-process run), else hccl on device npu with
+    RANK_SIZE > 1, else none. 'none' there is an error: each process would train alone, all in one log directory."""
     env = os.environ if environ is None else environ
     _check_choice("backend", requested, ("auto",) + BACKENDS)
     _check_choice("device", device, DEVICES)

@@ -3,8 +3,7 @@
 Every invertible op has one contract, op(name, z, logdet, reverse=False) -> (z, logdet), with z [B, H, W, C] and
 logdet the per-example log|det dz_out/dz_in| [B]: computed once, added forward and subtracted in reverse, so
 reverse(forward(z)) gives back z and the incoming logdet. Variables take z's dtype (float32 to train, float64 in the
-Jacobian tests). Variable scope names are checkpoint keys: never change them. `tf.contrib` does not exist on TF 2.x,
-hence the small `arg_scope` below.
+Jacobian tests). Variable scope names are checkpoint keys: never change them.
 """
 import contextlib
 import functools
@@ -17,7 +16,7 @@ import tensorflow.compat.v1 as tf
 
 import kernels as kernels_lib
 
-# -- arg_scope: default keyword arguments for decorated functions, by context --
+# -- arg_scope (TF 2.x has no tf.contrib): default keyword arguments for decorated functions, by context --
 
 _scopes = threading.local()
 
@@ -72,11 +71,9 @@ def layer_rng():
 
 
 class Zeros(object):
-    """Initializer of zeros computed when the initialiser runs.
-
-    Grappler folds tf.zeros_initializer's zeros into a Const of the variable's size, which the session keeps for
-    its lifetime (for the optimizer slots, the weights' size again). A fill from a PlaceholderWithDefault is not
-    folded (above about 10 MiB)."""
+    """Initializer of zeros computed when the initialiser runs. Grappler folds tf.zeros_initializer's zeros into a
+    Const of the variable's size, which the session keeps for its lifetime (for the optimizer slots, the weights'
+    size again); a fill from a PlaceholderWithDefault is not folded (above about 10 MiB)."""
 
     def __init__(self, dtype=tf.float32):
         self.dtype = tf.as_dtype(dtype)
@@ -96,8 +93,7 @@ class DataDependent(Zeros):
 
 @add_arg_scope
 def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True):
-    """`tf.get_variable`, or with `init=True` (set by `arg_scope([get_variable_ddi],
-    init=True)` over one batch) a tensor that first assigns `initial_value`."""
+    """`tf.get_variable`, or with `init=True` (the init pass) a tensor that first assigns `initial_value`."""
     w = tf.get_variable(name, shape, dtype, initializer=DataDependent(), trainable=trainable)
     if not init:
         return w
@@ -147,8 +143,7 @@ def reverse_features(name, z, logdet, reverse=False):
 
 
 def shuffle_features(name, z, logdet, reverse=False):
-    """A fixed random channel permutation, stored as a non-trainable variable
-    so that a checkpoint restores the one it was trained with. logdet += 0."""
+    """A fixed random channel permutation in a non-trainable variable: a checkpoint restores its own. logdet += 0."""
     with tf.variable_scope(name):
         perm = layer_rng().permutation(int_shape(z)[-1]).astype("int32")
         indices = tf.get_variable("indices", dtype=tf.int32, initializer=perm, trainable=False)
@@ -173,13 +168,12 @@ def _log_abs_det_grad(op, _dsign, dvalue):
 
 
 def log_abs_det(w):
-    """log|det w| of a square float64 matrix, with a gradient that never raises.
-
-    TF's gradients of matrix_determinant and slogdet raise "Input is not invertible" on a singular or NaN w,
-    which killed openai/glow's runs. The value is slogdet's (LU with partial pivoting: exact for nearly singular
-    w, -inf for singular); the gradient w^-T is NaN where the value is not finite, so the optimizer skips the
-    step instead. It is registered once as a gradient override: tf.custom_gradient would register a closure per
-    call, process-wide, keeping every graph that calls it alive."""
+    """log|det w| of a square float64 matrix, with a gradient that never raises. TF's gradients of
+    matrix_determinant and slogdet raise "Input is not invertible" on a singular or NaN w, which killed openai/glow's
+    runs. The value is slogdet's (LU with partial pivoting: exact for nearly singular w, -inf for singular); the
+    gradient w^-T is NaN where the value is not finite, so the optimizer skips the step instead. It is registered once
+    as a gradient override: tf.custom_gradient would register a closure per call, process-wide, keeping every graph
+    that calls it alive."""
     with tf.get_default_graph().gradient_override_map({"LogMatrixDeterminant": "GlowLogAbsDet"}):
         return tf.linalg.slogdet(w)[1]
 
@@ -294,8 +288,7 @@ def coupling_nn(name, h, width, n_out, *, kernels):
 
 
 def halves(z):
-    """First and second half of the channels, by tf.split (its gradient is a
-    concat, where a slice's is a zero-padded copy per half)."""
+    """The channels' two halves by tf.split, whose gradient is a concat (a slice's: a zero-padded copy per half)."""
     n_c = int_shape(z)[3]
     if n_c % 2:
         raise ValueError("coupling needs an even number of channels, got %d" % n_c)
@@ -303,8 +296,7 @@ def halves(z):
 
 
 def _even_odd(h):
-    """(h[..., 0::2], h[..., 1::2]) of h [B, H, W, 2C] (openai/glow's channel
-    layout) by one reshape and unstack, whose gradient is one stack."""
+    """(h[..., 0::2], h[..., 1::2]) of h [B, H, W, 2C] (openai/glow's layout): reshape, unstack (gradient: a stack)."""
     height, width, n_c = int_shape(h)[1:]
     pairs = tf.reshape(h, [-1, height, width, n_c // 2, 2])  # [B, H, W, C, 2]
     return tf.unstack(pairs, axis=4)
@@ -375,8 +367,7 @@ class GaussianDiag(object):
         return self.mean + tf.exp(self.logsd) * eps
 
     def random_eps(self, temperature=1.0):
-        """Standard normal noise of the distribution's shape, times
-        `temperature` (a scalar, or [B]: one per example)."""
+        """Standard normal noise of the distribution's shape times `temperature` (a scalar, or [B]: per example)."""
         eps = tf.random_normal(tf.shape(self.mean), dtype=self.mean.dtype)
         temperature = tf.cast(temperature, self.mean.dtype)
         if temperature.get_shape().ndims == 1:
@@ -390,18 +381,15 @@ def split_prior(name, z1, kernels):
 
 
 def split2d(name, z, objective, *, kernels):
-    """Factor out half the channels (paper 3.4): (z1 squeezed, objective +
-    log p(z2 | z1), eps of z2, which split2d_reverse needs to rebuild z)."""
+    """Split off half the channels (paper 3.4): (squeezed z1, objective + log p(z2|z1), z2's eps, which rebuilds z2)."""
     z1, z2 = halves(z)
     prior = split_prior(name, z1, kernels)
     return squeeze2d(z1), objective + prior.logp(z2), prior.get_eps(z2)
 
 
 def split2d_reverse(name, z, eps=None, temperature=1.0, *, kernels):
-    """Inverse of split2d: the un-split z, with z2 = mean + std * eps, eps
-    given or drawn and scaled by `temperature`."""
+    """Inverse of split2d: the un-split z, with z2 = mean + std * eps, eps given or drawn at `temperature`."""
     z1 = unsqueeze2d(z)
     prior = split_prior(name, z1, kernels)
-    if eps is None:
-        eps = prior.random_eps(temperature)
+    eps = prior.random_eps(temperature) if eps is None else eps
     return tf.concat([z1, prior.sample(eps)], 3)

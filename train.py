@@ -86,7 +86,9 @@ def train_one_epoch(run, epoch, skip=0):
     before an interruption. Returns (mean STATS of the applied steps, images/s)."""
     cfg, state = run.cfg, run.state
     results, n_bad, first_step, t0 = [], 0, state.step, time.time()
-    show_bar = run.chief and sys.stdout.isatty() and not cfg.verbose
+    progress = utils.Progress(cfg.train_its, "epoch %d" % epoch, cfg.images_per_step, initial=skip,
+                              stream=sys.stdout if run.chief and not cfg.verbose else None,
+                              every_seconds=cfg.progress_seconds)
     batches = run.data.train_stream(cfg.local_batch_train, state.step, cfg.train_its - skip)
     try:
         for i, (x, y) in enumerate(batches, start=skip):
@@ -107,15 +109,13 @@ def train_one_epoch(run, epoch, skip=0):
                     n_bad = 0
             if cfg.verbose:
                 run.say(state.step, "lr %.6f" % lr, stats)
-            elif show_bar and i % 10 == 0:
-                print("\repoch %d [%d/%d]" % (epoch, i, cfg.train_its), end="", flush=True)
+            progress.update(i + 1, stats[trainer_lib.STATS.index("bits_x")] if applied else None)
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
             run.stop.check()
     finally:
         batches.close()  # its prefetch thread stops now, also on an error (a traceback would keep it)
-    if show_bar:
-        print("\r", end="")
+        progress.close()
     mean = np.mean(results, axis=0) if results else np.full(len(trainer_lib.STATS), np.nan)
     return mean, (state.step - first_step) * cfg.images_per_step / max(time.time() - t0, 1e-9)
 
@@ -271,7 +271,8 @@ def run_inference(run):
     the names with several ranks) and check that decoding z gives back x."""
     cfg, parts, mismatched = run.cfg, [], 0
     for x, y in run.data.test_batches(cfg.local_batch_test):
-        z, x_back = run.trainer.encode(x, y, cfg.weights)
+        z = run.trainer.encode(x, y, cfg.weights)
+        x_back = run.trainer.decode(z, y, cfg.weights)
         mismatched += int(np.sum(np.any(x_back != x, axis=(1, 2, 3))))
         parts.append((z, x, y))
     suffix = "" if run.backend.size() == 1 else "_rank%d" % run.backend.rank()

@@ -93,7 +93,11 @@ class Trainer(object):
         self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
         self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
         self.z_flat = tf.concat([tf.reshape(e, [tf.shape(self.x_test)[0], -1]) for e in enc.eps], axis=1)  # [B, D]
-        self.x_decoded = glow.postprocess(glow.decode(enc.eps, self.y_test, custom_getter=ema))
+        shapes = [e.get_shape().as_list()[1:] for e in enc.eps]
+        self.z_sizes = [int(np.prod(shape)) for shape in shapes]  # each level's share of z, first level first
+        self.z_in = tf.placeholder(glow.dtype, [self.x_test.get_shape()[0], sum(self.z_sizes)], name="z_in")
+        eps = [tf.reshape(part, [-1] + shape) for part, shape in zip(tf.split(self.z_in, self.z_sizes, 1), shapes)]
+        self.x_decoded = glow.postprocess(glow.decode(eps, self.y_test, custom_getter=ema))
 
     def initialize(self, x_init, y_init):
         """Fresh weights: initialisers, data-dependent init on a batch per rank,
@@ -157,11 +161,23 @@ class Trainer(object):
         return np.concatenate([self._run(self.samples, feed, use_polyak, n) for feed in feeds])[:len(y)]
 
     def encode(self, x, y, weights="raw"):
-        """(z [B, D] flattened eps of every level, x decoded back from z)."""
-        centre = np.full(x.shape, 0.5 / self.glow.n_bins, self.glow.dtype.as_numpy_dtype)
-        z, x_back = self._run([self.z_flat, self.x_decoded], {self.x_test: x, self.y_test: y, self.noise_test: centre},
-                              _use_polyak(weights), self.cfg.local_batch_test)
-        return z[:len(x)], x_back[:len(x)]
+        """z [B, D]: the eps of every level (z_sizes), flattened, of images x at their bin centres; any B."""
+        centre = np.full(x.shape[1:], 0.5 / self.glow.n_bins, self.glow.dtype.as_numpy_dtype)
+        return self._batched(self.z_flat, {self.x_test: x, self.y_test: y}, weights, {self.noise_test: centre})
+
+    def decode(self, z, y, weights="raw"):
+        """uint8 images from z [B, D] (`encode`'s inverse: decode(encode(x)) is x); any B."""
+        return self._batched(self.x_decoded, {self.z_in: z, self.y_test: y}, weights)
+
+    def _batched(self, fetch, feed, weights, each=None):
+        """`fetch` for the arrays of `feed` in test batches (`each`: {tensor: one image's value}, fed to all)."""
+        n, use_polyak, out = self.cfg.local_batch_test, _use_polyak(weights), []
+        for i in range(0, len(feed[self.y_test]), n):
+            part = dict((key, value[i:i + n]) for key, value in feed.items())
+            b = len(part[self.y_test])
+            part.update((key, np.broadcast_to(value, (b,) + value.shape)) for key, value in (each or {}).items())
+            out.append(self._run(fetch, part, use_polyak, n)[:b])
+        return np.concatenate(out)
 
     def _run(self, fetches, feed, use_polyak, batch):
         """sess.run with the raw or the Polyak weights. With static shapes a short batch is padded to `batch`

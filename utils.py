@@ -1,9 +1,10 @@
-"""Run logs (JSON lines, as openai/glow's utils.ResultLogger), image grids and atomic file writes."""
+"""Run logs (JSON lines, as openai/glow's utils.ResultLogger), epoch progress, image grids and atomic file writes."""
 import io
 import json
 import math
 import numbers
 import os
+import time
 
 import numpy as np
 
@@ -105,6 +106,39 @@ def read_jsonl(path, skip_invalid=False):
             elif not skip_invalid:
                 raise ValueError("%s:%d: %s" % (path, n, error))
     return out
+
+
+class Progress(object):
+    """Progress within an epoch, to `stream` (None: nowhere): on a terminal a tqdm bar (step/total, images/s, the
+    running bits/dim, ETA); elsewhere (a log, ModelArts) a line every `every_seconds` (0: none), no carriage return.
+    update(done, bits): `done` of `total` steps (`initial` before this), bits/dim of the last (None: not applied)."""
+
+    def __init__(self, total, desc, images_per_step, stream, every_seconds=60.0, initial=0, clock=time.time):
+        self.total, self.desc, self.images_per_step, self.initial = total, desc, images_per_step, initial
+        self.every, self.stream, self.clock, self.bar = every_seconds, stream, clock, None
+        self.t0 = self.last = clock()
+        self.sum_bits, self.n_bits = 0.0, 0
+        if stream is not None and stream.isatty():
+            import tqdm  # only a terminal needs it
+            self.bar = tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, leave=False)
+
+    def update(self, done, bits=None):
+        if bits is not None:
+            self.sum_bits, self.n_bits = self.sum_bits + float(bits), self.n_bits + 1
+        now, mean = self.clock(), self.sum_bits / self.n_bits if self.n_bits else float("nan")
+        rate = (done - self.initial) / max(now - self.t0, 1e-9)  # steps/s
+        text = "images/s %.1f  bits/dim %.4f" % (rate * self.images_per_step, mean)
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif self.stream is not None and self.every and now - self.last >= self.every:
+            self.last, eta = now, int((self.total - done) / rate) if rate > 0 else 0
+            print("%s step %d/%d (%d%%)  %s  eta %d:%02d:%02d" % (self.desc, done, self.total, 100 * done // self.total,
+                  text, eta // 3600, eta // 60 % 60, eta % 60), file=self.stream, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def atomic_write_bytes(path, data):

@@ -22,7 +22,7 @@ _LANCZOS = getattr(Image, "Resampling", Image).LANCZOS
 
 
 def find(folder):
-    return folder if _images_below(folder) else None
+    return folder if images_below(folder) else None
 
 
 def lacks(folder):
@@ -41,7 +41,7 @@ def load(problem, found, image_size, n_channels):
     return sources[0], sources[1], max(len(names), 1)
 
 
-def _images_below(folder):
+def images_below(folder):
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -54,8 +54,8 @@ def _classes(folder):
     entries = [e for e in sorted(os.listdir(folder)) if not e.startswith(".")]
     subdirs = [e for e in entries if os.path.isdir(os.path.join(folder, e))]
     if subdirs and not any(e.lower().endswith(EXTENSIONS) for e in entries):
-        return [(d, _images_below(os.path.join(folder, d))) for d in subdirs]
-    return [("", _images_below(folder))]
+        return [(d, images_below(os.path.join(folder, d))) for d in subdirs]
+    return [("", images_below(folder))]
 
 
 def _scan(folder):

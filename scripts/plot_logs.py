@@ -58,7 +58,7 @@ def auto_top(ys):
     return ys[-1]
 
 
-def _ticks(lo, hi, n=5):
+def ticks(lo, hi, n=5):
     step = (hi - lo) / n if hi > lo else 1.0
     magnitude = 10 ** math.floor(math.log10(step))
     step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= step), default=step)
@@ -93,11 +93,11 @@ def plot(curves, out, x_label, title, top=None, size=(800, 500)):
                 h - bottom - (y - y0) / (y1 - y0) * (h - top_px - bottom))
 
     d.rectangle([left, top_px, w - right, h - bottom], outline="black")
-    for ty in _ticks(y0, y1):
+    for ty in ticks(y0, y1):
         _, yy = px(x0, ty)
         d.line([left - 4, yy, w - right, yy], fill=(225, 225, 225))
         d.text((5, yy - 6), "%.2f" % ty, fill="black")
-    for tx in _ticks(x0, x1):
+    for tx in ticks(x0, x1):
         xx, _ = px(tx, y0)
         d.line([xx, h - bottom, xx, h - bottom + 4], fill="black")
         d.text((xx - 12, h - bottom + 8), "%g" % tx, fill="black")
@@ -118,11 +118,11 @@ def plot(curves, out, x_label, title, top=None, size=(800, 500)):
             d.text((cx + 6, cy + 4 + 12 * (len(off_scale) % 3)), "%.4g" % y, fill=colour)
             off_scale.append((name, x, y))
         d.text((w - right - 190, top_px + 10 + 16 * i), "%s bits/dim" % legend, fill=colour)
-    utils.atomic_write_bytes(out, _png_bytes(img))
+    utils.atomic_write_bytes(out, png_bytes(img))
     return off_scale
 
 
-def _png_bytes(img):
+def png_bytes(img):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -109,6 +109,7 @@ def test_batch_scaling_by_anchor_size():
     (["--polyak_epochs", "nan"], (32, 32, 1), "--polyak_epochs nan: must be a number > 0"),
     (["--temperature", "-1"], (32, 32, 1), "--temperature -1.0: must be a number >= 0"),
     (["--n_test", "-5"], (32, 32, 1), "--n_test -5: must be -1"),
+    (["--progress_seconds", "-1"], (32, 32, 1), "--progress_seconds -1.0: must be a number >= 0"),
 ])
 def test_impossible_configs_name_the_value(flags, shape, message):
     n_y = 1 if "--ycond" in flags else 10

@@ -9,6 +9,8 @@ Most of a short run's time is building its graph, so the tests that only
 need a trained run (the modes, the two weightings, a singular 1x1 conv)
 share the 10-epoch run that the first test checks (fixture `trained`): each
 works on a copy of its folder, or restores its checkpoint first."""
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -56,9 +58,13 @@ def _records(logdir, name):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The folder of a 10-epoch run (320 steps), with TensorBoard summaries.
-    Tests that write into a run folder take a copy (`copy_of`)."""
-    status, logdir = _run(tmp_path_factory.mktemp("trained"), "--epochs", "10", "--lr", "0.002", "--tensorboard")
-    assert status == 0
+    Tests that write into a run folder take a copy (`copy_of`). Its stdout,
+    not a terminal, with a progress line each step, is stdout.txt beside it."""
+    out, parent = io.StringIO(), tmp_path_factory.mktemp("trained")
+    with contextlib.redirect_stdout(out):
+        status, logdir = _run(parent, "--epochs", "10", "--lr", "0.002", "--tensorboard", "--progress_seconds", "1e-6")
+    (parent / "stdout.txt").write_text(out.getvalue())
+    assert status == 0, out.getvalue()[-3000:]
     return logdir
 
 
@@ -93,6 +99,12 @@ def test_training_lowers_test_bits_and_writes_everything(trained):
         weights = train.better_weights(tests[epoch - 1])
         assert "epoch_%04d_t0.70_%s.png" % (epoch, weights) in samples
     assert os.path.exists(os.path.join(logdir, "best", "checkpoint"))
+    # stdout off a terminal: plain lines only, the last progress line's running bits/dim the epoch's.
+    with open(os.path.join(os.path.dirname(logdir), "stdout.txt")) as f:
+        out = f.read()
+    assert "\r" not in out
+    last = re.search(r"^epoch 10 step 32/32 \(100%\)  images/s [\d.]+  bits/dim ([\d.]+)  eta 0:00:00$", out, re.M)
+    assert last and abs(float(last.group(1)) - trains[-1]["bits_x"]) < 2e-4, out[-3000:]
 
 
 def test_n_train_is_the_epoch_and_train_subset_the_data(tmp_path):
