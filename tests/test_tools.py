@@ -128,14 +128,11 @@ def test_a_direction_separates_two_synthetic_classes(run_folder, tools_share, op
     assert projection[:20].max() < projection[20:].min()
 
 
-def test_celeba_attribute_file_is_read():
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "glow_attr_%d.txt" % os.getpid())
+def test_celeba_attribute_file_is_read(tmp_path):
+    path = str(tmp_path / "list_attr_celeba.txt")
     with open(path, "w") as f:
         f.write("3\nSmiling Young\n000001.jpg -1 1\n000002.jpg 1 1\n000003.jpg  1 -1\n")
-    try:
-        found = latent.attributes_of(path, ["faces/000003.jpg", "faces/000001.jpg"])
-    finally:
-        os.remove(path)
+    found = latent.attributes_of(path, ["faces/000003.jpg", "faces/000001.jpg"])
     assert list(found) == ["Smiling", "Young"]
     np.testing.assert_array_equal(found["Smiling"], [True, False])
     np.testing.assert_array_equal(found["Young"], [False, True])
