@@ -22,7 +22,7 @@ imagenet_npz, tfrecords, folder) with the names get_data and _find_data use:
   CHANNELS  stored channels: 1, 3, or None (as asked, RGB by default)
   find(folder)  what load needs from the folder, or None;  lacks(folder)  str: what it lacks
   load(problem, found, image_size, n_channels) -> (train, test, n_y): sources (common.py)
-                of uint8 images average-pooled to image_size px.
+                whose head(n) gives uint8 images average-pooled to image_size px.
 """
 import collections
 import hashlib
@@ -131,13 +131,13 @@ def get_data(problem, data_dir=None, image_size=None, n_train=None, n_test=None,
         pool_factor(spec.native, image_size, "problem %s" % spec.name)
     found, location = _find_data(spec, data_dir, cache_dir, download)
     train, test, n_y = spec.fmt.load(spec, found, image_size, n_channels)
-    splits = []  # the first n_train / n_test images of each (all if None)
+    splits = []  # the first n_train / n_test images of each (all if None), pooled to image_size
     for source, n, what, split in [(train, n_train, "n_train (train.py's --train_subset)", "training"),
                                    (test, n_test, "n_test", "test")]:
         if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= source.n):
             raise DataError("%s %r: must be 1..%d (the %s split of %s has %d images)" % (
                 what, n, source.n, split, spec.name, source.n))
-        splits.append(source if n is None else source.head(int(n)))
+        splits.append(source.head(source.n if n is None else int(n)))
     image_shape = (image_size, image_size, n_channels or spec.fmt.CHANNELS or 3)
     return Data(spec.name, splits[0], splits[1], n_y, image_shape, augmentation, seed, rank, size, location)
 

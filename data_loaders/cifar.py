@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .common import ArraySource, DataError, downsample, pool_factor
+from .common import ArraySource, DataError, pool_factor
 
 BATCHES = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]
 PY_DIR, BIN_DIR = "cifar-10-batches-py", "cifar-10-batches-bin"
@@ -55,8 +55,7 @@ def load(problem, found, image_size, n_channels):
         raws = [(os.path.join(path, n), pathlib.Path(path, n).read_bytes()) for n in names]
     parts = [_parse(raw, name, binary) for name, raw in raws]
     x_train, y_train = (np.concatenate(a) for a in zip(*parts[:5]))
-    return (ArraySource(downsample(x_train, factor), y_train),
-            ArraySource(downsample(parts[5][0], factor), parts[5][1]), problem.n_y)
+    return ArraySource(x_train, y_train, factor), ArraySource(*parts[5], factor), problem.n_y
 
 
 class _Unpickler(pickle.Unpickler):

@@ -39,13 +39,14 @@ def downsample(x, factor):
 
 
 class ArraySource(object):
-    """A split held in memory: x uint8 [N, H, W, C], y int32 [N]."""
+    """A split held in memory: x uint8 [N, H, W, C], y int32 [N]; x of a format's load is as stored, and its
+    head(n) average-pools it by `factor` (only the n images taken: get_data takes a head of every split)."""
 
-    def __init__(self, x, y):
-        self.x, self.y, self.n = x, y, len(x)
+    def __init__(self, x, y, factor=1):
+        self.x, self.y, self.n, self.factor = x, y, len(x), factor
 
     def head(self, n):
-        return ArraySource(self.x[:n], self.y[:n])
+        return ArraySource(downsample(self.x[:n], self.factor), self.y[:n])
 
     def shuffled(self, order_rng, start, stop, batch_size, rng, window):
         """Full batches of positions start..stop-1 of a permutation of the whole split."""

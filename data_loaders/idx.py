@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from .common import ArraySource, DataError, downsample, pool_factor
+from .common import ArraySource, DataError, pool_factor
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 EXPECTED = ", ".join(name + "[.gz]" for name in FILES)
@@ -47,7 +47,7 @@ def load(problem, found, image_size, n_channels):
         if len(y) and y.max() >= problem.n_y:
             raise DataError("%s: label %d out of range 0..%d" % (labels_path, y.max(), problem.n_y - 1))
         x = np.pad(x, ((0, 0), (2, 2), (2, 2)), mode="constant")[..., None]  # [N, 32, 32, 1]
-        splits.append(ArraySource(downsample(x, factor), y.astype(np.int32)))
+        splits.append(ArraySource(x, y.astype(np.int32), factor))
     return splits[0], splits[1], problem.n_y
 
 

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import model as glow_model  # noqa: E402
+from flowcheck import randomize_variables  # noqa: E402  (tests/, this script's folder)
 
 
 def main(mode, directory):
@@ -34,8 +35,7 @@ def main(mode, directory):
         if mode == "save":
             sess.run(tf.global_variables_initializer())
             sess.run(init)
-            for v in tf.trainable_variables():
-                v.load(v.eval(sess) + 0.05 * rng.randn(*v.get_shape().as_list()), sess)
+            randomize_variables(sess, rng, scale=0.05)
             saver.save(sess, path, write_meta_graph=False)
         else:
             saver.restore(sess, path)

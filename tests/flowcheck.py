@@ -8,11 +8,17 @@ def randomize_variables(sess, rng, scale=0.1):
     """Add small random values to every trainable variable, so that
     zero-initialised layers (the last conv of each coupling, the priors) are
     not the identity and the tests see a non-trivial map. Non-trainable
-    structure (the LU's permutation and signs, shuffle indices) is kept."""
-    for v in tf.trainable_variables():
-        shape = v.get_shape().as_list()
-        value = v.eval(sess) + scale * rng.randn(*shape)
-        v.load(value.astype(v.dtype.base_dtype.as_numpy_dtype), sess)
+    structure (the LU's permutation and signs, shuffle indices) is kept.
+    One run reads all the variables and one writes them (each variable's
+    initializer, fed the new value, as Variable.load does one at a time),
+    and the graph gets no new ops."""
+    params = tf.trainable_variables()
+    feed = {}
+    for v, value in zip(params, sess.run(params)):
+        value = value + scale * rng.randn(*value.shape)
+        feed[v.initializer.inputs[1]] = value.astype(v.dtype.base_dtype.as_numpy_dtype)
+    assert len(feed) == len(params), "two variables share an initial value: one feed cannot set both"
+    sess.run([v.initializer for v in params], feed)
 
 
 def jacobian_rows(x_batch, y_batch):

@@ -148,8 +148,8 @@ def test_looped_init_creates_the_variables_without_unrolling():
         assert looped_model[name].shape == value.shape, name
         if name.endswith("invconv/W"):
             np.testing.assert_array_equal(looped_model[name], value, err_msg=name)
-    growth_unrolled = init_graph(small_glow(depth=6))[0] - n_unrolled
-    growth_looped = init_graph(looped_glow(small_glow(depth=6)))[0] - n_looped
+    growth_unrolled = n_unrolled - init_graph(small_glow(depth=2))[0]
+    growth_looped = n_looped - init_graph(looped_glow(small_glow(depth=2)))[0]
     assert growth_looped < 0.5 * growth_unrolled, (growth_looped, growth_unrolled)
 
 
@@ -169,9 +169,10 @@ def test_looped_graph_does_not_grow_with_depth(mode):
             msg.gradients(loss, tf.trainable_variables(), mode=mode)
             return len(graph.get_operations()) - n_init, len(tf.global_variables())
 
-    unrolled_growth = n_ops(6, False)[0] - n_ops(2, False)[0]
-    assert unrolled_growth > 1000
-    assert n_ops(6, True) == n_ops(2, True)
+    # One more step per level: hundreds of ops (about 600 with mode 'none').
+    unrolled_growth = n_ops(2, False)[0] - n_ops(1, False)[0]
+    assert unrolled_growth > 250
+    assert n_ops(2, True) == n_ops(1, True)
 
 
 @pytest.mark.parametrize("mode", ("none",) + CHECKPOINTED)

@@ -392,8 +392,17 @@ def test_npu_session_starts_the_system_once_and_close_shuts_it_down(monkeypatch,
 
 
 _MALLOC_PROBE = r"""
-import ctypes, json, os, sys, tempfile, threading
+import ctypes, json, os, sys, tempfile, threading, types
 sys.path.insert(0, sys.argv[2])
+# tune_malloc needs no TensorFlow: stand-ins for the modules runtime imports
+# spare this process the seconds of importing it.
+for name in ("tensorflow", "tensorflow.compat", "tensorflow.compat.v1", "tensorflow.core",
+             "tensorflow.core.protobuf", "tensorflow.core.protobuf.rewriter_config_pb2"):
+    sys.modules[name] = types.ModuleType(name)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, sys.modules[name])
+sys.modules["tensorflow.core.protobuf.rewriter_config_pb2"].RewriterConfig = None
 import runtime
 
 libc = ctypes.CDLL(None)
