@@ -64,6 +64,8 @@ class TrainedRun(object):
         self.cfg = config.derive_config(args, saved["image_shape"], saved["n_y"], saved["n_train_images"],
                                         saved["n_test"], 1)
         self.prefix, self.weights, self.logdir, self._trainer = prefix, weights, logdir, None
+        saved_dir = saved.get("data_dir") or ""  # the run's --data_dir, when it is on this machine
+        self.data_dir = saved_dir if os.path.isdir(saved_dir) else ""
         self.image_shape = tuple(self.cfg.image_shape)
 
     @property
@@ -101,7 +103,7 @@ class TrainedRun(object):
 
     def load_images(self, source, resize=None, data_dir="", n=None):
         """(uint8 images [N, H, W, C] in the model's shape, int32 labels [N] (zeros if none), their names)."""
-        return load_images(source, self.image_shape, resize, data_dir or self.cfg.data_dir or "", n,
+        return load_images(source, self.image_shape, resize, data_dir or self.data_dir, n,
                            self.cfg.problem, self.cfg.n_channels)
 
 
