@@ -27,14 +27,17 @@ ARCH_KEYS = ("image_shape", "n_levels", "depth", "width", "permutation", "coupli
              "n_bits_x")
 
 
-def load_run(logdir):
-    """The run's config: the first line (JSON) of LOGDIR/train.txt."""
-    path = os.path.join(logdir, "train.txt")
-    with open(path) as f:
-        cfg = json.loads(f.readline())
+def load_run(prefix):
+    """The run config the checkpoint at `prefix` was written with (checkpoints.saved_config: the checkpoint's own,
+    or its run folder's train.txt config line for older checkpoints)."""
+    sys.path.insert(0, ROOT)
+    import checkpoints
+    cfg = checkpoints.saved_config(prefix)
+    if cfg is None:
+        raise ValueError("%s: carries no run config (nor is there a train.txt in its run folder)" % prefix)
     missing = [k for k in ARCH_KEYS if k not in cfg]
     if missing:
-        raise ValueError("%s: the config line lacks %s" % (path, ", ".join(missing)))
+        raise ValueError("%s: the run config lacks %s" % (prefix, ", ".join(missing)))
     return cfg
 
 
@@ -245,10 +248,10 @@ def main(argv=None):
                         "each test image's own stream, trainer.dequantization_noise)")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args(argv)
-    cfg = load_run(args.logdir)
     prefix = args.checkpoint or tf.train.latest_checkpoint(os.path.join(args.logdir, "checkpoints"))
     if not prefix:
         raise ValueError("%s/checkpoints: no checkpoint; give --checkpoint PREFIX" % args.logdir)
+    cfg = load_run(prefix)
     x, y = load_test_images(cfg, args.images, args.problem, args.data_dir)
     noise = None
     if args.noise == "eval":  # draw 0 of the evaluation's noise; only the model's math is written again here

@@ -108,10 +108,11 @@ def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
                 for a, value in zip(ema.variables, sess.run(ema.params))))
             images, noise_v, labels = batch(rng, cfg)
             expected = sess.run(objectives, {x_u8: images, noise: noise_v, y: labels})
-            prefix = tf.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
-    with open(str(tmp_path / "train.txt"), "w") as f:
+            os.makedirs(str(tmp_path / "checkpoints"))
+            prefix = tf.train.Saver().save(sess, str(tmp_path / "checkpoints" / "model.ckpt"))
+    with open(str(tmp_path / "train.txt"), "w") as f:  # a run folder from before checkpoints carried the config
         f.write(json.dumps(dict(cfg, problem="mnist")) + "\n")
-    run = density_terms.load_run(str(tmp_path))
+    run = density_terms.load_run(prefix)
     params = density_terms.load_checkpoint(prefix)
     assert "model/0/step/actnorm/b" in params and "optim/model/0/step/actnorm/b/ema" in params
     assert not any("/m1" in k or k.startswith("model/0/0/") for k in params)
