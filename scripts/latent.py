@@ -92,7 +92,8 @@ def manipulation_grid(run, x, y, direction, strengths):
 
 def interpolation_grid(run, x, y, pairs, steps):
     """uint8 rows: per pair (i, j) a linear and a spherical row: x_i, its reconstruction, t = 0 .. 1, x_j."""
-    z, slices, ts = run.encode(x, y), run.level_slices(), np.linspace(0.0, 1.0, steps)
+    used = sorted(set(i for pair in pairs for i in pair))
+    z, slices, ts = dict(zip(used, run.encode(x[used], y[used]))), run.level_slices(), np.linspace(0.0, 1.0, steps)
     rows = []
     for i, j in pairs:
         for mix in (lambda a, b, t: (1 - t) * a + t * b, lambda a, b, t: slerp(a, b, t, slices)):
@@ -107,9 +108,14 @@ def _reconstructions_exact(x, grid, n_cols):
     return int(sum(np.array_equal(row[0], row[1]) for row in cells)), len(cells)
 
 
+def _meta_path(npy_path):
+    """The .json of names and counts beside a directions .npy."""
+    return (npy_path[:-len(".npy")] if npy_path.endswith(".npy") else npy_path) + ".json"
+
+
 def _load_directions(path, which):
     vectors = np.load(path, allow_pickle=False)
-    with open(path[:-len(".npy")] + ".json" if path.endswith(".npy") else path + ".json") as f:
+    with open(_meta_path(path)) as f:
         names = json.load(f)["names"]
     k = names.index(which) if which in names else int(which) if which.lstrip("-").isdigit() else None
     if k is None or not -len(names) <= k < len(names):
@@ -159,13 +165,13 @@ def _directions(run, args, x, y, names):
         raise ValueError("%s has no labels: give --attributes (a CSV or list_attr_celeba.txt)" % args.images)
     found = directions(run, x, y, groups)
     out = args.out or os.path.join(args.logdir, "directions.npy")
+    out += "" if out.endswith(".npy") else ".npy"  # as np.save names it
     np.save(out, np.stack([d["vector"] for d in found.values()]).astype(np.float32))
     meta = dict(names=list(found), source=args.images, checkpoint=run.prefix, weights=args.weights,
                 definition="mean latent with the attribute - mean latent without; unscaled",
                 counts=dict((k, [d["n_with"], d["n_without"]]) for k, d in found.items()),
                 separation_auroc=dict((k, d["separation_auroc"]) for k, d in found.items()))
-    utils.atomic_write_bytes(out[:-len(".npy")] + ".json" if out.endswith(".npy") else out + ".json",
-                             json.dumps(meta, indent=1).encode("utf-8"))
+    utils.atomic_write_bytes(_meta_path(out), json.dumps(meta, indent=1).encode("utf-8"))
     for name, d in found.items():
         print("%-14s with %5d  without %5d  |d| %8.2f  separation AUROC %.3f"
               % (name, d["n_with"], d["n_without"], np.linalg.norm(d["vector"]), d["separation_auroc"]))
