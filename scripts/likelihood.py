@@ -11,6 +11,8 @@ number of dequantisation draws it is the mean of. The mean and median go to stdo
 dequantisation noise that test image i gets in `train.py --evaluate`, so on the run's own test split the mean
 is --evaluate's test figure.
 """
+import csv
+import io
 import os
 
 import numpy as np
@@ -20,12 +22,12 @@ import utils
 
 
 def write_csv(path, names, bits, n_draws):
-    rows = ["%s,%.6f,%d" % (_csv_field(name), b, n_draws) for name, b in zip(names, bits)]
-    utils.atomic_write_bytes(path, ("\n".join(["image,bits_per_dim,n_dequant_draws"] + rows) + "\n").encode("utf-8"))
-
-
-def _csv_field(text):
-    return '"%s"' % text.replace('"', '""') if any(ch in text for ch in ',"\n') else text
+    """A header and a row per image (names quoted by the csv module where they need it), written atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", "bits_per_dim", "n_dequant_draws"])
+    writer.writerows([name, "%.6f" % b, n_draws] for name, b in zip(names, bits))
+    utils.atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 def main(argv):
