@@ -26,6 +26,11 @@ with an N-rank one:
 --op_error R:N      rank R's N-th training step raises an op error (what
                     session.run raises when an op rejects its input), the
                     other ranks' steps run.
+--nudge_weights     after the restore, every model weight moves by one float32
+                    ulp, up or down at random (a fixed draw): a start that
+                    differs from the checkpoint's by the size of one rounding,
+                    whose trajectory measures how this machine's arithmetic
+                    amplifies such a difference over the steps.
 """
 import argparse
 import copy
@@ -51,6 +56,7 @@ def parse(argv):
     p.add_argument("--union_of", type=int, default=0)
     p.add_argument("--nonchief_logdir", default="")
     p.add_argument("--op_error", default="", metavar="R:N")
+    p.add_argument("--nudge_weights", action="store_true")
     if "--" not in argv:
         p.error("give train.py's flags after --")
     split = argv.index("--")
@@ -68,7 +74,7 @@ def with_logdir(flags, logdir):
 def instrument(opts):
     """Patch the classes; returns the dict that collects the trainer and steps."""
     seen = {"trainer": None, "steps": []}
-    init, step = trainer.Trainer.__init__, trainer.Trainer.train_step
+    init, step, restore = trainer.Trainer.__init__, trainer.Trainer.train_step, trainer.Trainer.restore
 
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -86,13 +92,30 @@ def instrument(opts):
         seen["steps"].append(stats)
         return applied, stats
 
+    def nudging_restore(self, *args, **kwargs):
+        out = restore(self, *args, **kwargs)
+        nudge_weights(self)
+        return out
+
     trainer.Trainer.__init__ = recording_init
     trainer.Trainer.train_step = recording_step
+    if opts.nudge_weights:
+        trainer.Trainer.restore = nudging_restore
     if opts.centre_noise:
         model.Glow.dequantize = lambda self, x: x + 0.5 / self.n_bins
     if opts.union_of:
         union_batches(opts.union_of)
     return seen
+
+
+def nudge_weights(tr):
+    """Each model weight one ulp up or down (random signs, seed 0), through the variables' own initialisers (the
+    graph is final): `load` feeds the initial value."""
+    rng = np.random.RandomState(0)
+    for v in tr.graph.get_collection("trainable_variables"):
+        value = tr.sess.run(v)
+        towards = np.where(rng.rand(*value.shape) < 0.5, -np.inf, np.inf).astype(value.dtype)
+        v.load(np.nextafter(value, towards), tr.sess)
 
 
 def union_batches(n_ranks):
