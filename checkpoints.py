@@ -111,16 +111,11 @@ class Checkpoints(object):
     def restore(self, sess, prefix):
         """Load checkpoint `prefix` (either step layout, see looped.py) into the graph's variables. Returns its
         RunState (the default one for a checkpoint that has none)."""
-        reader = tf.train.load_checkpoint(prefix)
         with tempfile.TemporaryDirectory(prefix="glow-restore-") as scratch:
             defaults = {CONFIG_KEY: self.config_json, STATE_KEY: RunState().to_json()}
             self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, defaults))
         sess.run(self._set_config)
-        if reader.has_tensor(STATE_KEY):
-            return RunState.from_json(tf.compat.as_text(reader.get_tensor(STATE_KEY)))
-        legacy = dict((field, reader.get_tensor(key).item()) for key, field in _LEGACY_STATE.items()
-                      if reader.has_tensor(key))
-        return RunState(step=step_of(prefix), **legacy)
+        return read_state(prefix)
 
     def adopt(self, logdir):
         """Count the checkpoints an earlier run left in logdir as this run's own, so that saving prunes them too
@@ -131,24 +126,67 @@ class Checkpoints(object):
                 saver.recover_last_checkpoints(list(found.all_model_checkpoint_paths))
 
 
-def in_layout(prefix, shapes, scratch_dir, defaults=None):
+def read_state(prefix):
+    """The RunState a checkpoint carries (the default one for a checkpoint that has none)."""
+    reader = tf.train.load_checkpoint(prefix)
+    if reader.has_tensor(STATE_KEY):
+        return RunState.from_json(tf.compat.as_text(reader.get_tensor(STATE_KEY)))
+    legacy = dict((field, reader.get_tensor(key).item()) for key, field in _LEGACY_STATE.items()
+                  if reader.has_tensor(key))
+    return RunState(step=step_of(prefix), **legacy)
+
+
+class ModelWeights(object):
+    """The restore of a graph that only uses the model: `variables` (its weights and their averages) from a
+    checkpoint that may hold more. What `left_out(key)` accepts (the optimizer's state) and the run/ strings are
+    left out on purpose; any other variable missing or extra is an error naming it, as for Checkpoints."""
+
+    def __init__(self, variables, left_out):
+        self.saver = tf.train.Saver(var_list=list(variables), save_relative_paths=True)
+        self.shapes = dict((v.op.name, v.get_shape().as_list()) for v in variables)
+        self.left_out = lambda key: key.startswith("run/") or left_out(key)
+
+    def restore(self, sess, prefix):
+        """Load checkpoint `prefix` (either step layout); returns its RunState."""
+        with tempfile.TemporaryDirectory(prefix="glow-restore-") as scratch:
+            self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, left_out=self.left_out))
+        return read_state(prefix)
+
+
+def write_model_only(prefix, folder, left_out):
+    """A copy of checkpoint `prefix` without the keys `left_out` accepts (the optimizer's state), as
+    folder/model.ckpt-<step> with its `checkpoint` index: a checkpoint to use a model, not to resume its training.
+    Returns the new prefix."""
+    reader = tf.train.load_checkpoint(prefix)
+    keys = [k for k in reader.get_variable_to_shape_map() if not left_out(k)]
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(os.path.abspath(folder), os.path.basename(prefix))
+    _write(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
+    name = os.path.basename(out)  # relative to the folder, which can then move
+    tf.train.update_checkpoint_state(folder, name, all_model_checkpoint_paths=[name])
+    return out
+
+
+def in_layout(prefix, shapes, scratch_dir, defaults=None, left_out=None):
     """A checkpoint holding the variables `shapes` ({key: shape}, a graph's saver keys): `prefix` itself when it
     holds them all; else a copy written under scratch_dir with step variables converted between the unrolled and
     the looped layout (looped.convert_checkpoint) and the run/ strings an older checkpoint lacks taken from
     `defaults` ({key: value}). A variable found nowhere, or one in the checkpoint that this model has no use for
-    (written with other flags: a smaller model must not load part of it and train on), is a ValueError naming it."""
+    (written with other flags: a smaller model must not load part of it and train on) and `left_out(key)` does not
+    accept, is a ValueError naming it."""
     reader = tf.train.load_checkpoint(prefix)
     have = reader.get_variable_to_shape_map()
     optional = set(k for k in (defaults or {}) if k in shapes and k not in have)
     wanted = dict((k, s) for k, s in shapes.items() if k not in optional)
+    unused_ok = set(k for k in have if left_out is not None and left_out(k))
     if not optional and all(list(have.get(k, [-1])) == list(s) for k, s in wanted.items()):
-        _check_all_used(prefix, have, set(wanted))
+        _check_all_used(prefix, have, set(wanted) | unused_ok)
         return prefix
     values, used, missing = looped.convert_checkpoint(reader, wanted)
     if missing:
         raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: it was written by a "
                          "model with other flags" % (prefix, len(missing), ", ".join(missing[:3])))
-    _check_all_used(prefix, have, used)
+    _check_all_used(prefix, have, used | unused_ok)
     for key in optional:
         values[key] = np.array(defaults[key], dtype=object)
     return _write(values, os.path.join(scratch_dir, "converted.ckpt"))

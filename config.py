@@ -60,6 +60,13 @@ def build_parser(defaults=True):
     a("--lr", type=float, default=0.001, help="base learning rate")
     a("--beta1", type=float, default=0.9, help="Adam beta1")
     a("--polyak_epochs", type=float, default=1, help="averaging horizon in epochs: beta2 = 1 - 1/(its*this)")
+    a("--adam_beta2", type=float, default=None, help="Adam's (Adamax's) second-moment decay (default: openai/glow's, "
+      "tied to the Polyak span, 1 - 1/(its*polyak_epochs))")
+    a("--adam_epsilon", type=float, default=1e-8, help="Adam's epsilon")
+    a("--max_grad_norm", type=float, default=0.0, help="clip the gradients (averaged over ranks) to this global norm "
+      "(0: off, as openai/glow)")
+    a("--max_grad_value", type=float, default=0.0, help="clip each gradient entry to [-v, v] before --max_grad_norm "
+      "(0: off, as openai/glow)")
     a("--weight_decay", type=float, default=1.0, help="multiplicative weight decay per step (1.0: off)")
     a("--epochs", type=int, default=1000000, help="epochs to train")
     a("--epochs_warmup", type=float, default=10, help="epochs of linear learning-rate warm-up")
@@ -113,6 +120,9 @@ def build_parser(defaults=True):
       "use the better")
     a("--sample", type=int, default=0, metavar="N", help="write N samples of the checkpoint to a PNG grid, then exit")
     a("--temperature", type=float, default=0.7, help="with --sample")
+    a("--export", default="", metavar="DIR", help="write the checkpoint as a SavedModel and frozen graphs to DIR "
+      "(export.py; --weights picks raw or Polyak weights), then exit; needs no data")
+    a("--export_batch", type=int, default=1, help="with --export: the frozen graphs' static batch")
     a("--tensorboard", action="store_true", help="also write TensorBoard summaries")
     a("--progress_seconds", type=float, default=60, help="within an epoch, when stdout is not a terminal: a progress "
       "line every this many seconds (0: none); on a terminal a progress bar (neither with --verbose)")
@@ -144,11 +154,16 @@ def _is_loss_scale(text):
 # Flags with a range of their own: (flag, test, what is accepted).
 _RANGES = [(name, lambda v: v >= 1, "must be >= 1") for name in (
     "n_train", "n_batch_train", "n_batch_test", "n_batch_init", "width", "depth", "n_levels", "epochs",
-    "epochs_full_valid", "epochs_full_sample", "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws")] + [
+    "epochs_full_valid", "epochs_full_sample", "anchor_size", "save_every", "max_nonfinite", "n_dequant_draws",
+    "export_batch")] + [
     ("lr", lambda v: v > 0 and math.isfinite(v), "must be a positive number"),
     ("beta1", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("weight_decay", lambda v: 0 < v <= 1, "multiplies the weights each step, must be in (0, 1] (1: off)"),
     ("polyak_epochs", lambda v: v > 0 and math.isfinite(v), "must be a number > 0"),
+    ("adam_beta2", lambda v: v is None or 0 < v < 1, "must be in (0, 1)"),
+    ("adam_epsilon", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
+    ("max_grad_norm", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (0: off)"),
+    ("max_grad_value", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (0: off)"),
     ("epochs_warmup", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
     ("temperature", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (1: the model's own spread)"),
     ("n_test", lambda v: v == -1 or v >= 1, "must be -1 (the whole test set) or >= 1"),
@@ -167,7 +182,7 @@ def check_args(args):
         if not ok(getattr(args, name)):
             raise ValueError("--%s %r: %s" % (name, getattr(args, name), accepted))
     size = args.image_size
-    modes = [m for m in ("inference", "evaluate") if getattr(args, m)] + (["sample"] if args.sample else [])
+    modes = [m for m in ("inference", "evaluate", "export") if getattr(args, m)] + (["sample"] if args.sample else [])
     combinations = [
         (args.lu and args.flow_permutation not in ("invconv", "invconv_lu"),
          "--lu with --flow_permutation %s: --lu selects the LU-decomposed 1x1 conv" % args.flow_permutation),
@@ -216,7 +231,8 @@ MODEL_FLAGS = (("n_levels", "n_levels"), ("depth", "depth"), ("width", "width"),
 _NOT_ADOPTED_ON_RESUME = {
     "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
     "precision_mode", "tensorboard", "verbose", "progress_seconds", "max_steps", "epochs", "evaluate", "sample",
-    "inference", "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels"}
+    "inference", "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels",
+    "export", "export_batch"}
 
 
 def adopt_run(args, saved, source):
@@ -294,8 +310,10 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         permutation="invconv_lu" if args.lu or (args.device == "npu" and args.flow_permutation == "invconv")
         else args.flow_permutation,
         coupling=args.flow_coupling, kernels=kernels.for_device(args.device, args.kernels),
-        # openai/glow: beta2 (Adam's second moment and the Polyak average) averages over polyak_epochs epochs.
-        beta2=1.0 - 1.0 / (train_its * args.polyak_epochs),
+        # openai/glow: beta2 (Adam's second moment and the Polyak average) averages over polyak_epochs epochs;
+        # --adam_beta2 unties Adam's.
+        polyak_decay=1.0 - 1.0 / (train_its * args.polyak_epochs),
+        beta2=args.adam_beta2 or 1.0 - 1.0 / (train_its * args.polyak_epochs),
         # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
         anchor_images_per_step=args.n_batch_train * n_ranks)
     return Config(cfg)

@@ -35,8 +35,10 @@ class FlowStep(object):
     def __init__(self, glow, name, n_channels):
         self.name = name
         n_per_channel, self.couple = tfops.COUPLINGS[glow.coupling]
-        self.prefix_ops = [functools.partial(tfops.actnorm, "actnorm"),
-                           functools.partial(tfops.PERMUTATIONS[glow.permutation], glow.permutation)]
+        permute = tfops.PERMUTATIONS[glow.permutation]
+        if glow.conv1x1_constants is not None and glow.permutation in ("invconv", "invconv_lu"):
+            permute = functools.partial(tfops.conv1x1_constant, constants=glow.conv1x1_constants)
+        self.prefix_ops = [functools.partial(tfops.actnorm, "actnorm"), functools.partial(permute, glow.permutation)]
         self._nn = functools.partial(tfops.coupling_nn, "f1", width=glow.width, n_out=n_per_channel * n_channels // 2,
                                      kernels=glow.kernels)  # z1 -> h
 
@@ -76,14 +78,16 @@ class Glow(object):
     """Glow's hyperparameters and the graphs built from them.
 
     image_shape: (H, W, C), H and W divisible by 2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
-    tfops.COUPLINGS, kernels in kernels.KINDS (how the coupling networks' convs are computed).
+    tfops.COUPLINGS, kernels in kernels.KINDS (how the coupling networks' convs are computed). conv1x1_constants:
+    {scope name: (W, W^-1, log|det W|)} of a trained model's 1x1 convs, which then are constants (an export's graph).
     run_steps(make_step, depth, z, logdet, reverse, for_gradients) runs one level's steps (`unrolled` by
     default); `losses(..., for_gradients=True)` builds the graph whose gradients are taken, where a trainer's
     run_steps may save memory. The model reads no flags (see from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
-                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=unrolled, name="model"):
+                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=unrolled, name="model",
+                 conv1x1_constants=None):
         h, w, c = [int(d) for d in image_shape]
         if permutation not in tfops.PERMUTATIONS:
             raise ValueError("permutation %r: expected one of %s" % (permutation, sorted(tfops.PERMUTATIONS)))
@@ -103,8 +107,26 @@ class Glow(object):
         self.learntop, self.ycond, self.n_y, self.weight_y = learntop, ycond, n_y, weight_y
         self.dtype, self.kernels = tf.as_dtype(dtype), kernels_lib.check(kernels)
         self.run_steps, self.name, self.n_dims = run_steps, name, h * w * c
+        self.conv1x1_constants = conv1x1_constants
         # The top latent: squeezed once, then once after each split.
         self.top_shape = (h // 2 ** n_levels, w // 2 ** n_levels, c * 2 ** (n_levels + 1))
+
+    @property
+    def eps_shapes(self):
+        """Encoding.eps's shapes [h, w, c] without the batch, first level first: level l < n_levels - 1 splits off
+        half of its (H/2^(l+1), W/2^(l+1), 4C*2^l) activations, the top is top_shape."""
+        h, w, c = self.image_shape
+        return [[h // 2 ** (level + 1), w // 2 ** (level + 1), c * 2 ** (level + 1)]
+                for level in range(self.n_levels - 1)] + [list(self.top_shape)]
+
+    def flatten(self, eps):
+        """Encoding.eps as one flat latent [B, D], first level first."""
+        return tf.concat([tf.reshape(e, [tf.shape(e)[0], int(np.prod(s))]) for e, s in zip(eps, self.eps_shapes)], 1)
+
+    def unflatten(self, z):
+        """A flat latent [B, D] (`flatten`'s) as the list of eps that `decode` takes."""
+        sizes = [int(np.prod(s)) for s in self.eps_shapes]
+        return [tf.reshape(part, [-1] + s) for part, s in zip(tf.split(z, sizes, 1), self.eps_shapes)]
 
     @classmethod
     def from_config(cls, cfg, **kwargs):

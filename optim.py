@@ -35,6 +35,13 @@ _STATE = dict(trainable=False, use_resource=True)  # every state variable
 TrainOp = collections.namedtuple("TrainOp", ["train_op", "n_skipped", "grads_finite", "ema"])
 
 
+def is_state(key, scope="optim"):
+    """True for a checkpoint key of the optimizer's own state (`<scope>/t`, `<scope>/n_skipped`, the moments
+    `<scope>/.../m1` and `m2`), which training needs and using the model does not; False for the Polyak averages."""
+    return key in (scope + "/t", scope + "/n_skipped") or (
+        key.startswith(scope + "/") and key.rsplit("/", 1)[-1] in ("m1", "m2"))
+
+
 def _check_number(what, value, ok, accepted):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise ValueError("%s=%r: must be a number %s" % (what, value, accepted))
@@ -94,45 +101,77 @@ def _if_applied(apply, value, skipped, dtype):
 
 
 class Polyak(object):
-    """Exponential moving average of params (Polyak & Juditsky 1992). params, variables: the params and
-    their averages `<scope>/<param op name>/ema`, in order. seed_op: `avg := param`; run it after
+    """Exponential moving average of params (Polyak & Juditsky 1992), created beside the model, not inside the
+    optimizer: a graph that only evaluates reads the averages through `getter` and builds no optimizer.
+
+    params, variables: the params tracked so far and their averages `<scope>/<param op name>/ema`, in order. `track`
+    adds params; `getter` adds each trainable variable it reads, so an evaluation graph built first creates the
+    averages of exactly the model's weights. seed_op: `avg := param` for every tracked param; run it after
     initialisation and data-dependent init, so the average starts at the weights the model starts from."""
 
     def __init__(self, params, decay, scope="optim"):
-        self.params = _check_params(params)
         _check_number("decay", decay, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-        self.decay = float(decay)
-        with tf.variable_scope(scope):
-            # From the param's initial value, read in the same initializer run: even unseeded, real weights.
-            self.variables = [_slot(p, "ema", p.initial_value) for p in self.params]
-        self._by_name = {p.name: a for p, a in zip(self.params, self.variables)}
-        with tf.name_scope("polyak_seed"):
-            self.seed_op = tf.group(*[a.assign(p.value(), read_value=False)
-                                      for p, a in zip(self.params, self.variables)])
+        self.decay, self.scope = float(decay), scope
+        self._root = tf.get_variable_scope()  # averages are created here, whichever scope asks for them
+        self._by_name = collections.OrderedDict()  # param name -> (param, average)
+        self._seed = (0, None)  # (params it covers, op)
+        if params:
+            self.track(params)
+
+    @property
+    def params(self):
+        return [p for p, _ in self._by_name.values()]
+
+    @property
+    def variables(self):
+        return [a for _, a in self._by_name.values()]
+
+    def track(self, params):
+        """Averages for `params` (resource variables), created where missing; returns them in order."""
+        return [self._average(p) for p in _check_params(params)]
+
+    def _average(self, param):
+        if param.name not in self._by_name:
+            with tf.get_default_graph().name_scope(None), tf.variable_scope(self._root, auxiliary_name_scope=False), \
+                    tf.variable_scope(self.scope, reuse=tf.AUTO_REUSE):
+                # From the param's initial value, read in the same initializer run: even unseeded, real weights.
+                self._by_name[param.name] = (param, _slot(param, "ema", param.initial_value))
+        return self._by_name[param.name][1]
+
+    @property
+    def seed_op(self):
+        """The op copying every tracked param to its average (built again if params were tracked since)."""
+        if self._seed[0] != len(self._by_name):
+            with tf.name_scope("polyak_seed"):
+                self._seed = (len(self._by_name), tf.group(*[a.assign(p.value(), read_value=False)
+                                                             for p, a in self._by_name.values()]))
+        return self._seed[1]
 
     def update(self, values, apply):
         """Op moving each average towards `values` (aligned with params) where the bool scalar `apply` is true.
         Built in the caller's context: the caller decides which weights it reads."""
-        values = list(values)
-        if len(values) != len(self.params):
-            raise ValueError("Polyak.update: got %d values for %d params" % (len(values), len(self.params)))
+        values, averages = list(values), self.variables
+        if len(values) != len(averages):
+            raise ValueError("Polyak.update: got %d values for %d params" % (len(values), len(averages)))
         # In place, avg -= rate*(avg - value): decay*avg + (1 - decay)*value at rate = 1 - decay,
         # unchanged at rate = 0, with no new copy of any weight.
         rates = {d: _if_applied(apply, 1.0 - self.decay, 0.0, d)
-                 for d in dict.fromkeys(a.dtype.base_dtype for a in self.variables)}
+                 for d in dict.fromkeys(a.dtype.base_dtype for a in averages)}
         return tf.group(*[tf.raw_ops.ResourceApplyGradientDescent(
             var=avg.handle, alpha=rates[avg.dtype.base_dtype], delta=avg.value() - v)
-            for avg, v in zip(self.variables, values)])
+            for avg, v in zip(averages, values)])
 
     def getter(self, use_average):
-        """Custom getter reading each param's average where the bool scalar `use_average` (tensor or Python bool)
-        is true, else the param; other variables unchanged. One evaluation graph then serves both weightings, with
-        no swap op to forget: build it in `tf.variable_scope('model', reuse=True, custom_getter=ema.getter(flag))`."""
+        """Custom getter reading each trainable float variable's average where the bool scalar `use_average` (tensor
+        or Python bool) is true, else the variable; other variables unchanged. One evaluation graph then serves both
+        weightings, with no swap op to forget: build it in `tf.variable_scope('model', custom_getter=ema.getter(flag))`.
+        A variable's average is created on its first read (`track`)."""
         def get(getter, name, *args, **kwargs):
             var = getter(name, *args, **kwargs)
-            avg = self._by_name.get(getattr(var, "name", None))
-            if avg is None or use_average is False:
+            trainable = kwargs.get("trainable") is not False and var.dtype.base_dtype.is_floating
+            if use_average is False or not trainable:
                 return var
+            avg = self._average(var)
             if use_average is True:
                 return avg
             return tf.where_v2(use_average, avg.value(), var.value())
@@ -171,7 +210,7 @@ def _fused_update(name, p, g, m1, m2, c, apply, weight_decay):
 
 
 def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsilon=1e-8, loss=None,
-                  polyak_decay=None, scope="optim"):
+                  polyak_decay=None, scope="optim", ema=None, max_grad_value=0.0, max_grad_norm=0.0):
     """One Adam or Adamax step with Polyak averaging, the module's equations; returns a `TrainOp`.
 
     name: 'adam' or 'adamax'. params: resource variables. grads: their gradients, already
@@ -179,7 +218,11 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
     lr: Python number or float scalar tensor (e.g. a placeholder fed each step, for warm-up).
     beta1 in [0, 1) (0: no first moment); beta2 in (0, 1); weight_decay: a factor in (0, 1], 1.0 = off.
     loss: optional tensor; if it or any gradient is NaN/inf, the step changes only `n_skipped`.
-    polyak_decay: None uses beta2, as glow does. scope: of the state variables (checkpoint keys)."""
+    polyak_decay: None uses beta2, as glow does. scope: of the state variables (checkpoint keys).
+    ema: the model's `Polyak` average, if it has one already (it then tracks params; polyak_decay is its own).
+    max_grad_value, max_grad_norm: clip each gradient entry to [-v, v], then all gradients together to a global
+        norm of at most n (0: off; openai/glow clips neither). A non-finite gradient stays non-finite: the step is
+        skipped."""
     if name not in OPTIMIZERS:
         raise ValueError("optimizer %r: expected one of %s" % (name, ", ".join(OPTIMIZERS)))
     params = _check_params(params)
@@ -189,6 +232,12 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
     _check_number("weight_decay", weight_decay, lambda v: 0.0 < v <= 1.0,
                   "in (0, 1]; it multiplies the weights each step, 1.0 disables it")
     _check_number("epsilon", epsilon, lambda v: v >= 0.0, ">= 0")
+    _check_number("max_grad_value", max_grad_value, lambda v: v >= 0.0, ">= 0 (0: off)")
+    _check_number("max_grad_norm", max_grad_norm, lambda v: v >= 0.0, ">= 0 (0: off)")
+    if max_grad_value:
+        grads = [tf.clip_by_value(g, -max_grad_value, max_grad_value) for g in grads]
+    if max_grad_norm:
+        grads = tf.clip_by_global_norm(grads, max_grad_norm)[0]
     if isinstance(lr, (int, float)):  # else a tensor
         _check_number("lr", lr, lambda v: v >= 0.0, ">= 0")
     with tf.variable_scope(scope):
@@ -196,7 +245,12 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
         n_skipped = tf.get_variable("n_skipped", [], tf.int64, tf.zeros_initializer(), **_STATE)
         m1s = [_slot(p, "m1", tfops.Zeros()) for p in params]
         m2s = [_slot(p, "m2", tfops.Zeros()) for p in params]
-    ema = Polyak(params, beta2 if polyak_decay is None else polyak_decay, scope=scope)
+    if ema is None:
+        ema = Polyak(params, beta2 if polyak_decay is None else polyak_decay, scope=scope)
+    ema.track(params)
+    if len(ema.params) != len(params):
+        raise ValueError("the Polyak average tracks %d variables, the optimizer %d params: average exactly the "
+                         "params" % (len(ema.params), len(params)))
     with tf.name_scope("%s_step" % name):
         checks = [tf.reduce_all(tf.is_finite(x)) for x in grads + ([] if loss is None else [loss])]
         apply = grads_finite = tf.reduce_all(tf.stack(checks), name="grads_finite")
@@ -210,7 +264,8 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
             with tf.control_dependencies(updates[-1:]):
                 new_weights.append(p.value())
         # The average reads each weight after its update: no race.
-        updates.append(ema.update(new_weights, apply))
+        after = dict((p.name, w) for p, w in zip(params, new_weights))
+        updates.append(ema.update([after[p.name] for p in ema.params], apply))
         # Every weight update consumes alpha_t, which read t: only then may t advance.
         with tf.control_dependencies(updates):
             counted = [step.assign_add(tf.cast(apply, tf.float32), read_value=False),

@@ -178,11 +178,18 @@ def log_abs_det(w):
         return tf.linalg.slogdet(w)[1]
 
 
+# Graph collection of every forward 1x1 convolution: (its variable scope's name, W, a function building W^-1 in
+# float64, log|det W|), what an export computes once from the trained weights (conv1x1_constant).
+CONV1X1 = "glow_conv1x1"
+
+
 def _conv1x1(z, logdet, w, inverse, log_det_w, reverse):
     """z [B, H, W, C] times w [C, C] on every pixel (out[c'] = sum_c z[c] w[c, c']), or times inverse() in
     reverse; logdet +-= H*W*log_det_w. One matmul over all pixels: for these few channels a GEMM and its two
     gradient GEMMs beat a 1x1 Conv2D's filter gradient."""
     h, w_, n_c = int_shape(z)[1:]
+    if not reverse:
+        tf.add_to_collection(CONV1X1, (tf.get_variable_scope().name, w, inverse, log_det_w))
     dlogdet = tf.cast(log_det_w, z.dtype) * (h * w_)
     if reverse:
         w, dlogdet = tf.cast(inverse(), z.dtype), -dlogdet
@@ -230,6 +237,17 @@ def invconv_lu(name, z, logdet, reverse=False):
 
         w = None if reverse else tf.matmul(p, tf.matmul(l_, u))
         return _conv1x1(z, logdet, w, inverse, tf.reduce_sum(log_s), reverse)
+
+
+def conv1x1_constant(name, z, logdet, reverse=False, *, constants):
+    """An invertible 1x1 convolution whose W, W^-1 and log|det W| were computed once from trained weights (an
+    export; CONV1X1 lists them): constants {variable scope name: (W, W^-1, log|det W|)} as NumPy values. The graph
+    then holds no determinant, inverse or float64 op, which the Ascend NPU lacks. logdet +-= H*W*log|det W|."""
+    with tf.variable_scope(name):
+        w, w_inv, log_det = constants[tf.get_variable_scope().name]
+        dtype = z.dtype.as_numpy_dtype
+        return _conv1x1(z, logdet, tf.constant(w.astype(dtype)), lambda: tf.constant(w_inv.astype(dtype)),
+                        np.asarray(log_det, dtype), reverse)
 
 
 PERMUTATIONS = {"reverse": reverse_features, "shuffle": shuffle_features, "invconv": invconv, "invconv_lu": invconv_lu}

@@ -16,6 +16,8 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 import checkpoints  # noqa: E402
 import config  # noqa: E402
 import data_loaders  # noqa: E402
+import evaluator  # noqa: E402
+import export  # noqa: E402
 import modelarts  # noqa: E402
 import runtime  # noqa: E402
 import trainer as trainer_lib  # noqa: E402
@@ -47,10 +49,11 @@ class StopRequest(object):
 
 
 class Run(object):
-    """What the loop functions share: config, data, graph, run state, rank, logs (the chief's)."""
+    """What the loop functions share: config, data, graphs (a trainer.Trainer, or for a mode an
+    evaluator.Evaluator: the model only), run state, rank, logs (the chief's)."""
 
-    def __init__(self, cfg, data, trainer, backend):
-        self.cfg, self.data, self.trainer, self.backend = cfg, data, trainer, backend
+    def __init__(self, cfg, data, graphs, backend):
+        self.cfg, self.data, self.graphs, self.backend = cfg, data, graphs, backend
         self.state, self.loss_scale = checkpoints.RunState(), trainer_lib.LossScale(cfg.loss_scale)
         self.chief, self.logdir, self.stop = backend.is_chief(), cfg.logdir, StopRequest()
         self.logs = dict((name, utils.ResultLogger(os.path.join(self.logdir, name + ".txt"), cfg.as_dict()))
@@ -67,9 +70,15 @@ class Run(object):
         also `scalars` ({key: number}) as <name>/<key> at the current step."""
         if self.chief:
             self.logs[name].log(**fields)
-        if scalars and self.tensorboard is not None:
-            self.tensorboard.add_summary(tf.Summary(value=[tf.Summary.Value(
-                tag="%s/%s" % (name, k), simple_value=float(v)) for k, v in scalars.items()]), self.state.step)
+        if scalars:
+            self.summarize(*[tf.Summary.Value(tag="%s/%s" % (name, k), simple_value=float(v))
+                             for k, v in scalars.items()])
+
+    def summarize(self, *values):
+        """With --tensorboard (on the chief): tf.Summary.Values (utils.image_summary, histogram_summary, scalars)
+        at the current step."""
+        if self.tensorboard is not None:
+            self.tensorboard.add_summary(tf.Summary(value=list(values)), self.state.step)
             self.tensorboard.flush()
 
     def event(self, **fields):
@@ -109,14 +118,14 @@ def train_one_epoch(run, epoch, skip=0):
                     n_bad = 0
             if cfg.verbose:
                 run.say(state.step, "lr %.6f" % lr, stats)
-            progress.update(i + 1, stats[trainer_lib.STATS.index("bits_x")] if applied else None)
+            progress.update(i + 1, stats[evaluator.STATS.index("bits_x")] if applied else None)
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
             run.stop.check()
     finally:
         batches.close()  # its prefetch thread stops now, also on an error (a traceback would keep it)
         progress.close()
-    mean = np.mean(results, axis=0) if results else np.full(len(trainer_lib.STATS), np.nan)
+    mean = np.mean(results, axis=0) if results else np.full(len(evaluator.STATS), np.nan)
     return mean, (state.step - first_step) * cfg.images_per_step / max(time.time() - t0, 1e-9)
 
 
@@ -126,7 +135,7 @@ def _step(run, x, y, lr):
     allreduce, so skipping would pair this rank's next step with their current one: it stops (rank 0 first saves;
     its launcher stops the rest)."""
     try:
-        applied, stats = run.trainer.train_step(x, y, lr, run.state.loss_scale)
+        applied, stats = run.graphs.train_step(x, y, lr, run.state.loss_scale)
         return applied, stats, None if applied else "non-finite loss or gradient"
     except tf.errors.InvalidArgumentError as e:
         failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
@@ -148,7 +157,7 @@ def recover(run):
     if prefix is None:
         raise RuntimeError("%d non-finite steps in a row and no checkpoint in %s to go back to"
                            % (run.cfg.max_nonfinite, folder))
-    run.trainer.restore(prefix)
+    run.graphs.restore(prefix)
     run.state.lr_scale *= run.cfg.lr_backoff
     run.event(event="recovered", step=run.state.step, checkpoint=os.path.basename(prefix), lr_scale=run.state.lr_scale)
 
@@ -156,8 +165,8 @@ def recover(run):
 def evaluate(run, n_draws=1):
     """The whole test set (each rank its share) with both weightings: (its
     test_line, {"raw", "polyak"}: STATS [4, n_test] in test-set order)."""
-    tr, start, per_image = run.trainer, run.data.test_range()[0], {}
-    for weights in trainer_lib.WEIGHTS:
+    tr, start, per_image = run.graphs, run.data.test_range()[0], {}
+    for weights in evaluator.WEIGHTS:
         local = tr.eval_per_image(run.data.test_batches(run.cfg.local_batch_test), start, n_draws, weights)
         per_image[weights] = tr.gather(local, start, run.data.n_test)
     return test_line(per_image), per_image
@@ -166,10 +175,10 @@ def evaluate(run, n_draws=1):
 def test_line(per_image):
     """test.txt's line from per-image STATS: the means under openai/glow's keys (raw weights; + "_polyak": their
     average), the medians, and the raw weights' N_WORST worst images as [test index, bits/dim]."""
-    line, bits = {}, trainer_lib.STATS.index("bits_x")
+    line, bits = {}, evaluator.STATS.index("bits_x")
     for weights, suffix in (("raw", ""), ("polyak", "_polyak")):
         stats = per_image[weights].astype(np.float64)
-        line.update(("%s%s" % (k, suffix), float(v)) for k, v in zip(trainer_lib.STATS, stats.mean(axis=1)))
+        line.update(("%s%s" % (k, suffix), float(v)) for k, v in zip(evaluator.STATS, stats.mean(axis=1)))
         line["median_bits_x" + suffix] = float(np.median(stats[bits]))
     raw = per_image["raw"][bits].astype(np.float64)
     worst = np.argsort(-np.where(np.isnan(raw), np.inf, raw), kind="stable")[:N_WORST]
@@ -192,14 +201,15 @@ def draw_samples(run, epoch, weights):
     os.makedirs(folder, exist_ok=True)
     for t in config.TEMPERATURES:
         path = os.path.join(folder, "epoch_%04d_t%.2f_%s.png" % (epoch, t, weights))
-        utils.save_image_grid(run.trainer.sample(y, np.full(len(y), t, np.float32), weights), path, n_cols=rows)
+        png = utils.save_image_grid(run.graphs.sample(y, np.full(len(y), t, np.float32), weights), path, n_cols=rows)
+        run.summarize(utils.image_summary("samples/t%.2f" % t, png))
 
 
 def save(run, best=False):
     """A checkpoint with the run state (on the chief; never of non-finite weights), synced to --train_url."""
     if not run.chief:
         return
-    if run.trainer.save(run.logdir, run.state, best=best) is None:
+    if run.graphs.save(run.logdir, run.state, best=best) is None:
         run.event(event="save_refused", reason="non-finite weights", step=run.state.step)
     if run.cfg.train_url:
         modelarts.sync_out(run.logdir, run.cfg.train_url)
@@ -225,13 +235,16 @@ def train(run):
         partial, skip = skip + state.step - step_before < cfg.train_its, 0
         if not partial:
             state.epoch = epoch
-        stats = dict(zip(trainer_lib.STATS, mean.tolist()))
+        stats = dict(zip(evaluator.STATS, mean.tolist()))
         lr = config.lr_at(cfg, state.n_processed) * state.lr_scale
-        run.log("train", dict(stats, images_per_s=ips), epoch=epoch, n_processed=state.n_processed, step=state.step,
-                ips=ips, lr=lr, n_skipped=run.trainer.n_skipped(), **(dict(stats, partial=True) if partial else stats))
+        run.log("train", dict(stats, images_per_s=ips, lr=lr), epoch=epoch, n_processed=state.n_processed,
+                step=state.step, ips=ips, lr=lr, n_skipped=run.graphs.n_skipped(),
+                **(dict(stats, partial=True) if partial else stats))
         stop, test = bool(cfg.max_steps and state.step >= cfg.max_steps), None
         if config.is_eval_epoch(cfg, epoch) or stop:
-            test, _ = evaluate(run)
+            test, per_image = evaluate(run)
+            run.summarize(utils.histogram_summary("test/bits_x_per_image", per_image["raw"][
+                evaluator.STATS.index("bits_x")]))
             run.log("test", dict((k, v) for k, v in test.items() if k != "worst_images"), epoch=epoch,
                     n_processed=state.n_processed, step=state.step, **test)
             sample_weights = better_weights(test)
@@ -271,8 +284,8 @@ def run_inference(run):
     the names with several ranks) and check that decoding z gives back x."""
     cfg, parts, mismatched = run.cfg, [], 0
     for x, y in run.data.test_batches(cfg.local_batch_test):
-        z = run.trainer.encode(x, y, cfg.weights)
-        x_back = run.trainer.decode(z, y, cfg.weights)
+        z = run.graphs.encode(x, y, cfg.weights)
+        x_back = run.graphs.decode(z, y, cfg.weights)
         mismatched += int(np.sum(np.any(x_back != x, axis=(1, 2, 3))))
         parts.append((z, x, y))
     suffix = "" if run.backend.size() == 1 else "_rank%d" % run.backend.rank()
@@ -288,7 +301,7 @@ def run_sample(run):
     """--sample N images at --temperature with the --weights, of classes 0, 1, ... (mod n_y), as one PNG grid."""
     cfg = run.cfg
     y, temperatures = np.arange(cfg.sample, dtype=np.int32) % cfg.n_y, np.full(cfg.sample, cfg.temperature, np.float32)
-    images = run.trainer.sample(y, temperatures, cfg.weights)
+    images = run.graphs.sample(y, temperatures, cfg.weights)
     path = os.path.join(run.logdir, "samples_t%.2f_%s.png" % (cfg.temperature, cfg.weights))
     if run.chief:
         utils.save_image_grid(images, path)
@@ -316,11 +329,21 @@ def run_evaluate(run):
 
 def write_per_image(path, per_image, n_draws):
     """CSV, a row per test image in order: index, bits/dim with raw and Polyak weights."""
-    bits = trainer_lib.STATS.index("bits_x")
+    bits = evaluator.STATS.index("bits_x")
     rows = ["%d,%.6f,%.6f,%d" % (i, raw, avg, n_draws)
             for i, (raw, avg) in enumerate(zip(per_image["raw"][bits], per_image["polyak"][bits]))]
     text = "\n".join(["index,bits_x,bits_x_polyak,n_dequant_draws"] + rows) + "\n"
     utils.atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def run_export(args, prefix, saved):
+    """--export DIR: the checkpoint as a SavedModel and frozen graphs (export.py), from the run folder alone."""
+    if saved is None:
+        raise ValueError("%s carries no run config (nor does its folder's train.txt): it cannot be exported" % prefix)
+    functions = export.export(prefix, saved, args.export, args.weights, args.export_batch)
+    print("export: the %s weights of %s -> %s (saved_model/, frozen/%s.pb with static batch %d, signatures.json)"
+          % (args.weights, prefix, args.export, "{%s}" % ",".join(sorted(functions)), args.export_batch))
+    return 0
 
 
 def _mode(args):
@@ -349,7 +372,7 @@ def run_checkpoint(args):
     the modes the latest in --logdir/checkpoints; None for a fresh run."""
     if args.restore_path:
         return checkpoints.resolve(args.restore_path)
-    if not (args.resume or _mode(args)):
+    if not (args.resume or _mode(args) or args.export):
         return None
     prefix = checkpoints.latest(os.path.join(args.logdir, "checkpoints"))
     if prefix is None:
@@ -362,18 +385,18 @@ def start(run, args, prefix):
     """Initialise the weights, or restore them from `prefix`: with its run
     state for --resume and the modes, with a fresh one for --restore_path."""
     if prefix is None:
-        run.trainer.initialize(*run.data.init_batch(run.cfg.local_batch_init))
+        run.graphs.initialize(*run.data.init_batch(run.cfg.local_batch_init))
         run.loss_scale.start(run.state, restored=False)
         save(run)  # a good checkpoint to fall back to from the first step
     elif not (args.resume or _mode(args)):
-        run.trainer.restore(prefix)
+        run.graphs.restore(prefix)
         run.loss_scale.start(run.state, restored=False)
         run.say("started from weights of %s" % prefix)
     else:
-        _, run.state = run.trainer.restore(prefix)
+        _, run.state = run.graphs.restore(prefix)
         run.loss_scale.start(run.state, restored=True)
         if args.resume:
-            run.trainer.checkpoints.adopt(run.logdir)
+            run.graphs.checkpoints.adopt(run.logdir)
         run.say("restored %s (epoch %d, step %d)" % (prefix, run.state.epoch, run.state.step))
         run.event(event="resumed" if args.resume else "restored", checkpoint=prefix, **run.state.as_dict())
 
@@ -400,6 +423,8 @@ def main(argv=None):
     tf.disable_v2_behavior()
     prefix = run_checkpoint(args)
     saved = checkpoints.saved_config(prefix) if prefix else None
+    if args.export:
+        return run_export(args, prefix, saved)
     if saved is not None:
         args = config.adopt_run(args, saved, prefix)
     args.malloc_settings = runtime.tune_malloc()  # process-wide, before the graph allocates
@@ -409,9 +434,10 @@ def main(argv=None):
         data = load_data(args, backend)
         args.logdir = prepare_logdir(args.logdir, fresh_run=not (args.resume or _mode(args)))
         cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())
-        trainer = trainer_lib.Trainer(cfg, backend, lambda graph: runtime.make_session(
-            cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph))
-        run = Run(cfg, data, trainer, backend)
+        # A mode uses the model only: no gradients, no optimizer (a checkpoint's optimizer state is left out).
+        graphs = (evaluator.Evaluator if _mode(args) else trainer_lib.Trainer)(cfg, backend, lambda graph: (
+            runtime.make_session(cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph)))
+        run = Run(cfg, data, graphs, backend)
         start(run, args, prefix)
         return (_mode(cfg) or run_training)(run)
     finally:

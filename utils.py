@@ -181,11 +181,34 @@ def image_grid(images, n_cols=None):
     return grid.reshape(n_rows * h, n_cols * w, c)  # [rows*H, cols*W, C]
 
 
+def image_summary(tag, png):
+    """A TensorBoard image (tf.Summary.Value) of PNG bytes."""
+    import tensorflow.compat.v1 as tf  # only --tensorboard needs TensorFlow here
+    from PIL import Image
+    with Image.open(io.BytesIO(png)) as image:
+        width, height, channels = image.size[0], image.size[1], len(image.getbands())
+    return tf.Summary.Value(tag=tag, image=tf.Summary.Image(height=height, width=width, colorspace=channels,
+                                                            encoded_image_string=png))
+
+
+def histogram_summary(tag, values, n_buckets=30):
+    """A TensorBoard histogram (tf.Summary.Value) of the finite `values`, in n_buckets equal buckets."""
+    import tensorflow.compat.v1 as tf
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    counts, edges = np.histogram(values, bins=n_buckets) if values.size else (np.zeros(0), np.zeros(1))
+    return tf.Summary.Value(tag=tag, histo=tf.HistogramProto(
+        min=float(values.min()) if values.size else 0.0, max=float(values.max()) if values.size else 0.0,
+        num=float(values.size), sum=float(values.sum()), sum_squares=float(np.square(values).sum()),
+        bucket_limit=[float(e) for e in edges[1:]], bucket=[float(c) for c in counts]))
+
+
 def save_image_grid(images, path, n_cols=None):
-    """Save uint8 images [N, H, W, C] (C in {1, 3}) as one PNG grid, atomically."""
+    """Save uint8 images [N, H, W, C] (C in {1, 3}) as one PNG grid, atomically; returns the PNG's bytes."""
     from PIL import Image  # only the sampling step needs Pillow
     grid = image_grid(images, n_cols)
     buf = io.BytesIO()
     # uint8 [H, W] becomes mode "L", [H, W, 3] mode "RGB"
     Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

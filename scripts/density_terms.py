@@ -245,7 +245,7 @@ def main(argv=None):
     p.add_argument("--data_dir", help="default: the run's")
     p.add_argument("--noise", choices=("centre", "eval"), default="centre",
                    help="images at their bin centres, or with the noise of train.py's evaluation (draw 0 of "
-                        "each test image's own stream, trainer.dequantization_noise)")
+                        "each test image's own stream, evaluator.dequantization_noise)")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args(argv)
     prefix = args.checkpoint or tf.train.latest_checkpoint(os.path.join(args.logdir, "checkpoints"))
@@ -255,8 +255,8 @@ def main(argv=None):
     x, y = load_test_images(cfg, args.images, args.problem, args.data_dir)
     noise = None
     if args.noise == "eval":  # draw 0 of the evaluation's noise; only the model's math is written again here
-        import trainer  # on sys.path since load_test_images
-        noise = trainer.dequantization_noise(args.images, 0, x.shape[1:], 2.0 ** cfg["n_bits_x"])
+        import evaluator  # on sys.path since load_test_images
+        noise = evaluator.dequantization_noise(args.images, 0, x.shape[1:], 2.0 ** cfg["n_bits_x"])
     out = density_terms(load_checkpoint(prefix), cfg, x, y, noise, args.weights)
     rows = [("bits_x", out["bits_x"]), ("objective (nats)", out["objective"])]
     rows += [("  " + k, v) for k, v in out["terms"].items()] + [("extra: " + k, v) for k, v in out["extras"].items()]

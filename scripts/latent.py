@@ -188,9 +188,9 @@ def _pick(x, y, indices):
 
 def _manipulate(run, args, x, y, names):
     direction, name = _load_directions(args.directions, args.direction)
-    if direction.shape != (sum(run.trainer.z_sizes),):
+    if direction.shape != (sum(run.model.z_sizes),):
         raise ValueError("%s: vectors of %d dims, this model's latent has %d" % (
-            args.directions, direction.size, sum(run.trainer.z_sizes)))
+            args.directions, direction.size, sum(run.model.z_sizes)))
     x, y = _pick(x, y, args.index)
     grid = manipulation_grid(run, x, y, direction, args.strengths)
     out = args.out or os.path.join(args.logdir, "manipulate_%s.png" % name.replace("/", "-").replace(" ", "_"))

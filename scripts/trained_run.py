@@ -18,7 +18,7 @@ import checkpoints  # noqa: E402
 import config  # noqa: E402
 import data_loaders  # noqa: E402
 import runtime  # noqa: E402
-import trainer as trainer_lib  # noqa: E402
+import evaluator  # noqa: E402
 from data_loaders.folder import EXTENSIONS, images_below  # noqa: E402
 
 RESIZE = ("pad", "crop")
@@ -37,7 +37,7 @@ def run_parser(description):
     parser.add_argument("logdir", help="a trained run folder (train.py's --logdir)")
     parser.add_argument("--checkpoint", default="",
                         help="a checkpoint prefix or folder (default: the latest in LOGDIR/checkpoints)")
-    parser.add_argument("--weights", choices=trainer_lib.WEIGHTS, default="raw",
+    parser.add_argument("--weights", choices=evaluator.WEIGHTS, default="raw",
                         help="raw (default: the paper's figure) or their Polyak average")
     parser.add_argument("--data_dir", default="", help="where a problem's files are (as train.py's --data_dir)")
     parser.add_argument("--resize", choices=RESIZE, default=None,
@@ -63,39 +63,40 @@ class TrainedRun(object):
         args = config.adopt_run(config.parse_args(["--logdir", logdir, "--evaluate"]), saved, prefix)
         self.cfg = config.derive_config(args, saved["image_shape"], saved["n_y"], saved["n_train_images"],
                                         saved["n_test"], 1)
-        self.prefix, self.weights, self.logdir, self._trainer = prefix, weights, logdir, None
+        self.prefix, self.weights, self.logdir, self._model = prefix, weights, logdir, None
         saved_dir = saved.get("data_dir") or ""  # the run's --data_dir, when it is on this machine
         self.data_dir = saved_dir if os.path.isdir(saved_dir) else ""
         self.image_shape = tuple(self.cfg.image_shape)
 
     @property
-    def trainer(self):
-        """The run's graphs with the checkpoint's weights, built on first use (images are checked before)."""
-        if self._trainer is None:
+    def model(self):
+        """The run's model-only graphs (evaluator.Evaluator) with the checkpoint's weights, built on first use
+        (images are checked before)."""
+        if self._model is None:
             backend = runtime.make_backend("none", "cpu")
-            self._trainer = trainer_lib.Trainer(self.cfg, backend, lambda graph: runtime.make_session(
+            self._model = evaluator.Evaluator(self.cfg, backend, lambda graph: runtime.make_session(
                 "cpu", backend, graph=graph))
-            self._trainer.restore(self.prefix)
-        return self._trainer
+            self._model.restore(self.prefix)
+        return self._model
 
     def bits_per_dim(self, x, y, n_draws=1):
         """Bits/dim of each image [N], the mean over `n_draws` dequantisation draws; image i's noise is test
         image i's in train.py --evaluate, so a problem's test split gives --evaluate's figures."""
         batches = ((x[i:i + self.cfg.local_batch_test], y[i:i + self.cfg.local_batch_test])
                    for i in range(0, len(x), self.cfg.local_batch_test))
-        stats = self.trainer.eval_per_image(batches, 0, n_draws, self.weights)
-        return stats[trainer_lib.STATS.index("bits_x")]
+        stats = self.model.eval_per_image(batches, 0, n_draws, self.weights)
+        return stats[evaluator.STATS.index("bits_x")]
 
     def encode(self, x, y):
-        return self.trainer.encode(x, y, self.weights)
+        return self.model.encode(x, y, self.weights)
 
     def decode(self, z, y):
-        return self.trainer.decode(z, y, self.weights)
+        return self.model.decode(z, y, self.weights)
 
     def level_slices(self):
         """Each level's slice of a flat latent z (first level first)."""
-        ends = np.cumsum(self.trainer.z_sizes)
-        return [slice(end - size, end) for end, size in zip(ends, self.trainer.z_sizes)]
+        ends = np.cumsum(self.model.z_sizes)
+        return [slice(end - size, end) for end, size in zip(ends, self.model.z_sizes)]
 
     def class_names(self):
         names = CLASS_NAMES.get(self.cfg.problem, [])

@@ -143,3 +143,48 @@ def test_sampling_temperature_and_shared_weights():
 def test_bad_hyperparameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_glow(**kwargs)
+
+
+@pytest.mark.parametrize("n_levels", [1, 2, 3])
+def test_eps_shapes_and_flat_latent(n_levels):
+    """Glow.eps_shapes (from the hyperparameters) are the encoding's; flatten/unflatten are inverses."""
+    glow = tiny_glow(n_levels=n_levels, learntop=True)
+    x0 = np.random.RandomState(0).uniform(-0.5, 0.5, (2,) + IMAGE)
+    with tf.Graph().as_default():
+        x = tf.constant(x0)
+        enc = glow.encode(x)
+        flat = glow.flatten(enc.eps)
+        again = glow.unflatten(flat)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            eps, flat_v, again_v = sess.run([enc.eps, flat, again])
+    assert [list(e.shape[1:]) for e in eps] == glow.eps_shapes and flat_v.shape == (2, D)
+    for e, a in zip(eps, again_v):
+        np.testing.assert_array_equal(e, a)
+
+
+@pytest.mark.parametrize("permutation", ["invconv", "invconv_lu"])
+def test_conv1x1_constants_are_the_same_model(permutation):
+    """An export's model (tfops.conv1x1_constant, with W, W^-1 and log|det W| computed once from the weights the
+    CONV1X1 collection lists) gives the trained graph's objective and inverse, with no determinant or inverse op."""
+    glow = tiny_glow(permutation, learntop=True)
+    rng = np.random.RandomState(2)
+    x0 = rng.uniform(-0.5, 0.5, (3,) + IMAGE)
+    with tf.Graph().as_default() as graph:
+        x = tf.constant(x0)
+        enc = glow.encode(x)
+        records = tf.get_collection(tfops.CONV1X1)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            randomize_variables(sess, rng, scale=0.2)
+            values = sess.run([(w, inverse(), log_det) for _, w, inverse, log_det in records])
+            constants = dict((r[0], tuple(np.asarray(v) for v in value)) for r, value in zip(records, values))
+            frozen = tiny_glow(permutation, learntop=True, conv1x1_constants=constants)
+            enc2 = frozen.encode(x)
+            back = frozen.decode(enc2.eps)
+            want, got, back_v = sess.run([enc.objective, enc2.objective, back])
+        used = tf.graph_util.extract_sub_graph(graph.as_graph_def(), [enc2.objective.op.name, back.op.name])
+    assert len(constants) == 2 * 2  # levels x depth
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(back_v, x0, atol=1e-10)
+    assert not set(n.op for n in used.node) & {"MatrixInverse", "LogMatrixDeterminant", "MatrixTriangularSolve"}

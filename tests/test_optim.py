@@ -110,6 +110,39 @@ def test_steps_match_numpy(name, beta1, beta2, wd, decay):
             assert not np.allclose(got_w[0], W0[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("clip", [{"max_grad_value": 0.3}, {"max_grad_norm": 0.5},
+                                  {"max_grad_value": 0.3, "max_grad_norm": 0.4}])
+def test_clipping_steps_with_the_clipped_gradient(clip):
+    """Clipping by value (each entry to [-v, v]), then by global norm (all gradients scaled together to norm <= n):
+    three Adam steps equal NumPy's on the gradients clipped so; the gradients here are large enough to be clipped."""
+    with tf.Graph().as_default():
+        params, loss = quadratic(tf.float64)
+        res = optim.make_train_op("adam", params, tf.gradients(loss, params), 0.1, 0.9, 0.99, **clip)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(res.ema.seed_op)
+            ref, clipped = np_state(W0), 0
+            for _ in range(3):
+                g = [a * (w - c) for w, a, c in zip(ref["w"], A, C)]
+                if clip.get("max_grad_value"):
+                    v = clip["max_grad_value"]
+                    clipped += any(np.any(np.abs(x) > v) for x in g)
+                    g = [np.clip(x, -v, v) for x in g]
+                norm = np.sqrt(sum(np.sum(np.square(x)) for x in g))
+                if clip.get("max_grad_norm") and norm > clip["max_grad_norm"]:
+                    clipped += 1
+                    g = [x * clip["max_grad_norm"] / norm for x in g]
+                np_step(ref, g, "adam", float(np.float32(0.1)), 0.9, 0.99, 1.0, 0.99)  # the graph sees lr as float32
+                sess.run(res.train_op)
+            got = sess.run(params)
+    assert clipped >= 3
+    # The graph's step size alpha_t is a float32 (relative rounding up to 2^-24, times 2 for its three operations)
+    # in steps of at most lr: an entry that three steps of 0.1 take to about 0 is off by up to 3 * 0.1 * 2^-23
+    # absolute (seen: 7.8e-9).
+    for i in range(2):
+        np.testing.assert_allclose(got[i], ref["w"][i], rtol=1e-6, atol=3 * 0.1 * 2.0 ** -23)
+
+
 def test_beta1_zero_keeps_the_gradient_as_first_moment():
     """beta1 = 0: m1 is the last gradient (the fused kernels keep the slot)."""
     with tf.Graph().as_default():
@@ -326,6 +359,8 @@ def test_none_gradient_names_the_variable():
     ({"weight_decay": 1.5}, "weight_decay=1.5"),
     ({"lr": -1e-3}, "lr=-0.001"),
     ({"polyak_decay": 1.0}, "decay=1.0"),
+    ({"max_grad_norm": -1.0}, "max_grad_norm=-1.0"),
+    ({"max_grad_value": -0.5}, "max_grad_value=-0.5"),
 ])
 def test_bad_numbers_are_named(kwargs, needle):
     args = {"lr": 0.1, "beta1": 0.9, "beta2": 0.99}

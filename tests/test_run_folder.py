@@ -4,6 +4,7 @@ checkpoints carry the run's config and RunState, so --evaluate, --sample,
 flag that contradicts the run is refused with both values named."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +12,13 @@ import tensorflow.compat.v1 as tf
 
 import checkpoints
 import config
+import evaluator
+import optim
 import train
 import utils
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import pack_run  # noqa: E402
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(
@@ -97,3 +103,61 @@ def test_config_is_read_only_and_built_from_code():
     assert cfg.replace(depth=5).depth == 5 and cfg.depth == 4
     with pytest.raises(ValueError, match="no flag --deepness"):
         config.from_flags((32, 32, 1), 10, 60000, 10000, deepness=4)
+
+
+def _ops_and_variables(graph):
+    return set(op.type for op in graph.get_operations()), [v.op.name for v in graph.get_collection("variables")]
+
+
+def test_modes_build_the_model_only(run_folder):
+    """A mode's graph (evaluator.Evaluator) holds the model's weights and their Polyak averages, no optimizer
+    state, no gradient; training's (trainer.Trainer) is the same graphs plus its step."""
+    seen = {}
+    real_init = evaluator.Evaluator.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen[type(self).__name__] = self
+
+    evaluator.Evaluator.__init__ = keep
+    try:
+        assert train.main(["--logdir", run_folder, "--sample", "2"]) == 0
+        assert train.main(["--logdir", run_folder, "--resume", "--epochs", "2"]) == 0  # builds, trains nothing
+    finally:
+        evaluator.Evaluator.__init__ = real_init
+    model_ops, model_vars = _ops_and_variables(seen["Evaluator"].graph)
+    train_ops, train_vars = _ops_and_variables(seen["Trainer"].graph)
+    weights = [v for v in model_vars if v.startswith("model/")]
+    assert weights and sorted(model_vars) == sorted(weights + ["optim/%s/ema" % v for v in weights
+                                                                if "optim/%s/ema" % v in train_vars])
+    assert not any(optim.is_state(v) for v in model_vars) and any(optim.is_state(v) for v in train_vars)
+    assert "ResourceApplyAdam" in train_ops and not any("Apply" in op or "Grad" in op for op in model_ops)
+    assert set(model_vars) < set(train_vars)
+
+
+def test_packed_run_is_used_like_the_run_and_not_resumed(run_folder, tmp_path, capsys):
+    """scripts/pack_run.py: the weights and averages without the optimizer state evaluate to the same figures;
+    resuming from it is a one-line error; a variable missing or extra (other than optimizer state) still is."""
+    packed = str(tmp_path / "packed")
+    assert pack_run.main([run_folder, packed]) == 0
+    prefix, packed_prefix = [checkpoints.latest(os.path.join(d, "checkpoints")) for d in (run_folder, packed)]
+    keys = tf.train.load_checkpoint(packed_prefix).get_variable_to_shape_map()
+    assert not any(optim.is_state(k) for k in keys) and any(k.endswith("/ema") for k in keys)
+    assert checkpoints.saved_config(packed_prefix) == checkpoints.saved_config(prefix)
+    for folder in (run_folder, packed):
+        assert train.main(["--logdir", folder, "--evaluate", "--n_test", "32"]) == 0
+    lines = [_last_test_line(d) for d in (run_folder, packed)]
+    assert (lines[0]["bits_x"], lines[0]["bits_x_polyak"]) == (lines[1]["bits_x"], lines[1]["bits_x_polyak"])
+    capsys.readouterr()
+    assert train.cli(["--logdir", packed, "--resume"]) == 2
+    assert "holds no optimizer state (a model packed for use" in capsys.readouterr().err
+    # Without one average, or with a variable of another model: errors that name it.
+    values = dict((k, np.asarray(tf.train.load_checkpoint(packed_prefix).get_tensor(k))) for k in keys)
+    ema = sorted(k for k in keys if k.endswith("/ema"))[0]
+    for name, changed in (("missing", dict((k, v) for k, v in values.items() if k != ema)),
+                          ("extra", dict(values, **{"model/9/0/actnorm/b": np.zeros(3, np.float32)}))):
+        folder = str(tmp_path / name)
+        checkpoints.write_model_only(packed_prefix, os.path.join(folder, "checkpoints"), lambda k: False)
+        checkpoints._write(changed, checkpoints.latest(os.path.join(folder, "checkpoints")))
+        assert train.cli(["--logdir", folder, "--evaluate", "--n_test", "8"]) == 2
+        assert (ema if name == "missing" else "model/9/0/actnorm/b") in capsys.readouterr().err

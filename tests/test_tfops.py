@@ -18,7 +18,7 @@ D = int(np.prod(SHAPE))
 
 def _coupling(kind, name, z, logdet, reverse=False):
     """A flow step's coupling (model.FlowStep.coupling) of `kind`, network width 8."""
-    hps = types.SimpleNamespace(coupling=kind, width=8, kernels="plain", permutation="invconv")
+    hps = types.SimpleNamespace(coupling=kind, width=8, kernels="plain", permutation="invconv", conv1x1_constants=None)
     return glow_model.FlowStep(hps, name, tfops.int_shape(z)[3]).coupling(z, logdet, reverse)
 
 

@@ -140,7 +140,7 @@ def test_celeba_attribute_file_is_read(tmp_path):
 
 def test_grids_start_with_exact_reconstructions_and_interpolations_end_at_the_inputs(opened):
     x, y, _ = opened.load_images("test", n=6)
-    direction = np.random.RandomState(0).normal(0, 1, sum(opened.trainer.z_sizes)).astype(np.float32)
+    direction = np.random.RandomState(0).normal(0, 1, sum(opened.model.z_sizes)).astype(np.float32)
     grid = latent.manipulation_grid(opened, x[:3], y[:3], direction, [-1.0, 0.0, 1.0]).reshape((3, 5) + x.shape[1:])
     for row, image in zip(grid, x[:3]):
         np.testing.assert_array_equal(row[0], image)  # the input

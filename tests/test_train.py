@@ -238,8 +238,8 @@ def opened(trained, tmp_path_factory):
 
 
 def _restored(run):
-    run.trainer.restore(os.path.join(run.logdir, "checkpoints"))
-    return run.trainer
+    run.graphs.restore(os.path.join(run.logdir, "checkpoints"))
+    return run.graphs
 
 
 def test_singular_invconv_is_skipped_in_the_graph(opened):
@@ -266,9 +266,29 @@ def _open_run(args):
     return train.Run(cfg, data, tr, backend)
 
 
+def _check_tensorboard(folder):
+    """--tensorboard wrote, read back by TensorFlow's own reader: each epoch's sample grids as images, the raw
+    and Polyak test bits/dim, the learning rate and images/s as scalars, the test images' bits/dim as a histogram."""
+    files = [f for f in os.listdir(folder) if f.startswith("events.out.tfevents")]
+    assert len(files) == 1, files
+    seen = {}
+    for event in tf.train.summary_iterator(os.path.join(folder, files[0])):
+        for value in event.summary.value:
+            seen.setdefault(value.tag, []).append((event.step, value))
+    for tag in ("test/bits_x", "test/bits_x_polyak", "train/lr", "train/images_per_s", "train/bits_x"):
+        assert len(seen.get(tag, [])) == 10 and all(np.isfinite(v.simple_value) for _, v in seen[tag]), tag
+    assert [step for step, _ in seen["train/lr"]] == [32 * epoch for epoch in range(1, 11)]
+    histograms = [v.histo for _, v in seen["test/bits_x_per_image"]]
+    assert len(histograms) == 10 and all(h.num == N_TEST and sum(h.bucket) == N_TEST for h in histograms)
+    assert histograms[-1].min <= _records(os.path.dirname(folder), "test.txt")[-1]["median_bits_x"]
+    images = [v.image for _, v in seen["samples/t0.70"]]
+    assert len(images) == 2 and (images[0].height, images[0].width, images[0].colorspace) == (160, 160, 1)
+    assert images[0].encoded_image_string.startswith(b"\x89PNG") and len(seen) > 20
+
+
 def test_modes_inference_evaluate_sample(trained, tmp_path):
     logdir = copy_of(trained, tmp_path)
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(logdir, "tensorboard")))
+    _check_tensorboard(os.path.join(logdir, "tensorboard"))
     assert _run(tmp_path, "--inference")[0] == 0
     z = np.load(os.path.join(logdir, "z.npy"))
     x = np.load(os.path.join(logdir, "x.npy"))

@@ -1,0 +1,154 @@
+"""A trained model's graphs and the session that runs them: per-image statistics, samples, encoding and decoding
+with the raw weights (the paper's test figure) or their Polyak averages. It builds the model and the averages
+only, no gradients and no optimizer: evaluation, sampling, the tools and export read a checkpoint's weights and
+averages and leave its optimizer state out (trainer.Trainer adds the training step to the same graphs)."""
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+import checkpoints
+import looped
+import model as glow_model
+import optim
+
+# Per-example statistics of training and evaluation: their order in every array, their names in logs (openai/glow's).
+STATS = ("loss", "bits_x", "bits_y", "pred_loss")
+WEIGHTS = ("raw", "polyak")
+
+
+def _use_polyak(weights):
+    if weights not in WEIGHTS:
+        raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(WEIGHTS)))
+    return weights == "polyak"
+
+
+class Evaluator(object):
+    """The model-only graphs of a run (cfg: a config.Config), built once: evaluation, sampling and encoding with
+    either weighting (fed), and the per-image gather across ranks. On the NPU every graph has a static batch (the
+    Ascend compiler's need; see _run)."""
+
+    def __init__(self, cfg, backend, session_factory):
+        self.cfg, self.backend = cfg, backend
+        self.static_shapes = cfg.device == "npu"
+        self.glow = glow_model.Glow.from_config(cfg, run_steps=self._run_steps())
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.set_random_seed(backend.rank_seed(cfg.seed))
+            # The Polyak average lives beside the model: its variables are created on the first graph's reads.
+            self.ema = optim.Polyak([], cfg.polyak_decay)
+            self._build()
+            self.graph.finalize()
+        self.sess = session_factory(self.graph)
+
+    def _run_steps(self):
+        """How the model runs a level's steps (model.Glow's run_steps): a looped run's loop, else unrolled."""
+        return looped.runner("none") if self.cfg.loop_steps else glow_model.unrolled
+
+    def _inputs(self, name, batch):
+        """uint8 images [B, H, W, C] and int32 labels [B]."""
+        n = batch if self.static_shapes else None
+        return (tf.placeholder(tf.uint8, [n] + list(self.cfg.image_shape), name="x_" + name),
+                tf.placeholder(tf.int32, [n], name="y_" + name))
+
+    def _build(self):
+        self._build_inputs()
+        self._build_evaluation()
+        self.weights = checkpoints.ModelWeights(tf.global_variables(), left_out=optim.is_state)
+
+    def _build_inputs(self):
+        self.x_test, self.y_test = self._inputs("test", self.cfg.local_batch_test)
+        self.y_sample = self._inputs("sample", self.cfg.local_batch_train)[1]
+
+    def _build_evaluation(self):
+        """Evaluation, sampling and encoding, one graph each for both weightings (fed). One encoding of the test
+        batch serves evaluation and `encode`, with the noise fed: each image's own draws for evaluation
+        (dequantization_noise: the same for both weightings and any rerun), the bin centres for `encode`
+        (decoding must give the same integers)."""
+        glow, backend = self.glow, self.backend
+        self.use_polyak = tf.placeholder_with_default(False, [], name="use_polyak")
+        ema = self.ema.getter(self.use_polyak)
+        self.noise_test = tf.placeholder(glow.dtype, self.x_test.get_shape(), name="noise_test")
+        eval_stats, enc = glow.stats(glow.preprocess(self.x_test) + self.noise_test, self.y_test, custom_getter=ema)
+        self.eval_per_example = [eval_stats[k] for k in STATS]
+        self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
+        self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
+        self.z_flat = glow.flatten(enc.eps)  # [B, D]
+        self.z_sizes = [int(np.prod(shape)) for shape in glow.eps_shapes]  # each level's share of z, first level first
+        self.z_in = tf.placeholder(glow.dtype, [self.x_test.get_shape()[0], sum(self.z_sizes)], name="z_in")
+        self.x_decoded = glow.postprocess(glow.decode(glow.unflatten(self.z_in), self.y_test, custom_getter=ema))
+        self.gather_in = tf.placeholder(tf.float32, [None], name="gather_in")
+        self.gather_out = backend.allreduce_mean(self.gather_in) * float(backend.size())
+
+    def restore(self, path):
+        """The model's weights and their averages from a checkpoint (a prefix or a folder holding one); its
+        optimizer state is left out. Every rank reads the same file. Returns (its prefix, its RunState)."""
+        prefix = checkpoints.resolve(path)
+        return prefix, self.weights.restore(self.sess, prefix)
+
+    def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):
+        """Per-image STATS [4, n] of `batches` (their first image is test image `first_index`) with the
+        `weights`, each the mean over n_draws dequantisation draws (the same for both weightings)."""
+        use_polyak = _use_polyak(weights)
+        out, index = [np.zeros((len(STATS), 0))], first_index
+        for x, y in batches:
+            feeds = [{self.x_test: x, self.y_test: y, self.noise_test: dequantization_noise(
+                range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)} for draw in range(n_draws)]
+            draws = [self._run(self.eval_per_example, f, use_polyak, self.cfg.local_batch_test) for f in feeds]
+            out.append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
+            index += len(x)
+        return np.concatenate(out, axis=1)
+
+    def gather(self, local, start, n_total):
+        """Every rank's `local` [k, n_r] at its columns start_r.. of one [k,
+        n_total] array on every rank (a summing allreduce of zero-padded rows)."""
+        full = np.zeros((local.shape[0], n_total), np.float32)
+        full[:, start:start + local.shape[1]] = local
+        if self.backend.size() == 1:
+            return full
+        return self.sess.run(self.gather_out, {self.gather_in: full.ravel()}).reshape(full.shape)
+
+    def sample(self, y, temperatures, weights="raw"):
+        """Images for labels y [B] at per-image temperatures [B]; any B."""
+        n, use_polyak = self.cfg.local_batch_train, _use_polyak(weights)
+        feeds = ({self.y_sample: y[i:i + n], self.temperature: temperatures[i:i + n]} for i in range(0, len(y), n))
+        return np.concatenate([self._run(self.samples, feed, use_polyak, n) for feed in feeds])[:len(y)]
+
+    def encode(self, x, y, weights="raw"):
+        """z [B, D]: the eps of every level (z_sizes), flattened, of images x at their bin centres; any B."""
+        centre = np.full(x.shape[1:], 0.5 / self.glow.n_bins, self.glow.dtype.as_numpy_dtype)
+        return self._batched(self.z_flat, {self.x_test: x, self.y_test: y}, weights, {self.noise_test: centre})
+
+    def decode(self, z, y, weights="raw"):
+        """uint8 images from z [B, D] (`encode`'s inverse: decode(encode(x)) is x); any B."""
+        return self._batched(self.x_decoded, {self.z_in: z, self.y_test: y}, weights)
+
+    def _batched(self, fetch, feed, weights, each=None):
+        """`fetch` for the arrays of `feed` in test batches (`each`: {tensor: one image's value}, fed to all)."""
+        n, use_polyak, out = self.cfg.local_batch_test, _use_polyak(weights), []
+        for i in range(0, len(feed[self.y_test]), n):
+            part = dict((key, value[i:i + n]) for key, value in feed.items())
+            b = len(part[self.y_test])
+            part.update((key, np.broadcast_to(value, (b,) + value.shape)) for key, value in (each or {}).items())
+            out.append(self._run(fetch, part, use_polyak, n)[:b])
+        return np.concatenate(out)
+
+    def _run(self, fetches, feed, use_polyak, batch):
+        """sess.run with the raw or the Polyak weights. With static shapes a short batch is padded to `batch`
+        (its last entry repeated): callers keep the first len() results."""
+        if self.static_shapes:
+            feed = dict((key, _padded(value, batch)) for key, value in feed.items())
+        feed[self.use_polyak] = use_polyak
+        return self.sess.run(fetches, feed)
+
+
+def _padded(value, batch):
+    value = np.asarray(value)
+    if len(value) > batch:
+        raise ValueError("batch of %d for a graph of static batch %d" % (len(value), batch))
+    return np.concatenate([value, np.repeat(value[-1:], batch - len(value), axis=0)])
+
+
+def dequantization_noise(indices, draw, image_shape, n_bins):
+    """Uniform noise in [0, 1/n_bins) [len(indices), *image_shape] for evaluating test images `indices`:
+    image i's draw `draw` comes from its own random stream (i, draw), whatever batch or rank it is evaluated in."""
+    return np.stack([np.random.RandomState([int(i), int(draw)]).uniform(0, 1.0 / n_bins, image_shape)
+                     for i in indices]).astype(np.float32)
