@@ -22,9 +22,12 @@ def _use_polyak(weights):
 
 
 class Evaluator(object):
-    """The model-only graphs of a run (cfg: a config.Config), built once: evaluation, sampling and encoding with
-    either weighting (fed), and the per-image gather across ranks. On the NPU every graph has a static batch (the
-    Ascend compiler's need; see _run)."""
+    """The model-only graphs of a run (cfg: a config.Config): evaluation and encoding (built first: they create
+    every variable), sampling and decoding (built on first use: a graph builds only what it runs), with either
+    weighting (fed), and the per-image gather across ranks. On the NPU every graph has a static batch (the Ascend
+    compiler's need; see _run)."""
+
+    lazy = True  # sampling and decoding graphs built on first use (the graph stays open for them)
 
     def __init__(self, cfg, backend, session_factory):
         self.cfg, self.backend = cfg, backend
@@ -36,7 +39,8 @@ class Evaluator(object):
             # The Polyak average lives beside the model: its variables are created on the first graph's reads.
             self.ema = optim.Polyak([], cfg.polyak_decay)
             self._build()
-            self.graph.finalize()
+            if not self.lazy:
+                self.graph.finalize()
         self.sess = session_factory(self.graph)
 
     def _run_steps(self):
@@ -69,14 +73,32 @@ class Evaluator(object):
         self.noise_test = tf.placeholder(glow.dtype, self.x_test.get_shape(), name="noise_test")
         eval_stats, enc = glow.stats(glow.preprocess(self.x_test) + self.noise_test, self.y_test, custom_getter=ema)
         self.eval_per_example = [eval_stats[k] for k in STATS]
-        self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
-        self.samples = glow.sample(self.y_sample, self.temperature, custom_getter=ema)
+        self._ema_getter, self.samples, self.x_decoded = ema, None, None
+        if not self.lazy:
+            self._build_sampling()
         self.z_flat = glow.flatten(enc.eps)  # [B, D]
         self.z_sizes = [int(np.prod(shape)) for shape in glow.eps_shapes]  # each level's share of z, first level first
-        self.z_in = tf.placeholder(glow.dtype, [self.x_test.get_shape()[0], sum(self.z_sizes)], name="z_in")
-        self.x_decoded = glow.postprocess(glow.decode(glow.unflatten(self.z_in), self.y_test, custom_getter=ema))
+        if not self.lazy:
+            self._build_decoding()
         self.gather_in = tf.placeholder(tf.float32, [None], name="gather_in")
         self.gather_out = backend.allreduce_mean(self.gather_in) * float(backend.size())
+
+    def _build_sampling(self):
+        self.temperature = tf.placeholder(tf.float32, [None], name="temperature")
+        self.samples = self.glow.sample(self.y_sample, self.temperature, custom_getter=self._ema_getter)
+
+    def _build_decoding(self):
+        glow = self.glow
+        self.z_in = tf.placeholder(glow.dtype, [self.x_test.get_shape()[0], sum(self.z_sizes)], name="z_in")
+        self.x_decoded = glow.postprocess(glow.decode(glow.unflatten(self.z_in), self.y_test,
+                                                      custom_getter=self._ema_getter))
+
+    def _built(self, name, build):
+        """Graph `name` (an attribute), built now if it was not."""
+        if getattr(self, name) is None:
+            with self.graph.as_default():
+                build()
+        return getattr(self, name)
 
     def restore(self, path):
         """The model's weights and their averages from a checkpoint (a prefix or a folder holding one); its
@@ -109,8 +131,9 @@ class Evaluator(object):
     def sample(self, y, temperatures, weights="raw"):
         """Images for labels y [B] at per-image temperatures [B]; any B."""
         n, use_polyak = self.cfg.local_batch_train, _use_polyak(weights)
+        samples = self._built("samples", self._build_sampling)
         feeds = ({self.y_sample: y[i:i + n], self.temperature: temperatures[i:i + n]} for i in range(0, len(y), n))
-        return np.concatenate([self._run(self.samples, feed, use_polyak, n) for feed in feeds])[:len(y)]
+        return np.concatenate([self._run(samples, feed, use_polyak, n) for feed in feeds])[:len(y)]
 
     def encode(self, x, y, weights="raw"):
         """z [B, D]: the eps of every level (z_sizes), flattened, of images x at their bin centres; any B."""
@@ -119,7 +142,8 @@ class Evaluator(object):
 
     def decode(self, z, y, weights="raw"):
         """uint8 images from z [B, D] (`encode`'s inverse: decode(encode(x)) is x); any B."""
-        return self._batched(self.x_decoded, {self.z_in: z, self.y_test: y}, weights)
+        x_decoded = self._built("x_decoded", self._build_decoding)
+        return self._batched(x_decoded, {self.z_in: z, self.y_test: y}, weights)
 
     def _batched(self, fetch, feed, weights, each=None):
         """`fetch` for the arrays of `feed` in test batches (`each`: {tensor: one image's value}, fed to all)."""

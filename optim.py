@@ -32,7 +32,8 @@ _STATE = dict(trainable=False, use_resource=True)  # every state variable
 
 # train_op: run once per step (update, average, counters). n_skipped: int64 variable, steps skipped for a
 # non-finite gradient or loss. grads_finite: bool scalar. ema: the `Polyak` average (run ema.seed_op after init).
-TrainOp = collections.namedtuple("TrainOp", ["train_op", "n_skipped", "grads_finite", "ema"])
+# grad_norm: the gradients' global norm before any clipping.
+TrainOp = collections.namedtuple("TrainOp", ["train_op", "n_skipped", "grads_finite", "ema", "grad_norm"])
 
 
 def is_state(key, scope="optim"):
@@ -234,6 +235,7 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
     _check_number("epsilon", epsilon, lambda v: v >= 0.0, ">= 0")
     _check_number("max_grad_value", max_grad_value, lambda v: v >= 0.0, ">= 0 (0: off)")
     _check_number("max_grad_norm", max_grad_norm, lambda v: v >= 0.0, ">= 0 (0: off)")
+    grad_norm = tf.global_norm(grads)
     if max_grad_value:
         grads = [tf.clip_by_value(g, -max_grad_value, max_grad_value) for g in grads]
     if max_grad_norm:
@@ -272,4 +274,4 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
                        n_skipped.assign_add(1 - tf.cast(apply, tf.int64), read_value=False)]
         with tf.control_dependencies(counted):
             train_op = tf.identity(grads_finite, name="train_op").op
-    return TrainOp(train_op=train_op, n_skipped=n_skipped, grads_finite=grads_finite, ema=ema)
+    return TrainOp(train_op=train_op, n_skipped=n_skipped, grads_finite=grads_finite, ema=ema, grad_norm=grad_norm)

@@ -117,7 +117,7 @@ def train_one_epoch(run, epoch, skip=0):
                     recover(run)
                     n_bad = 0
             if cfg.verbose:
-                run.say(state.step, "lr %.6f" % lr, stats)
+                run.say(state.step, "lr %.6f" % lr, stats, "grad_norm %.4g" % run.graphs.grad_norm)
             progress.update(i + 1, stats[evaluator.STATS.index("bits_x")] if applied else None)
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
@@ -431,9 +431,13 @@ def main(argv=None):
     backend = runtime.make_backend(runtime.detect_backend(args.backend, args.device), args.device)
     run = None
     try:
-        data = load_data(args, backend)
+        # --sample reads no data: a run's config has the data's facts.
+        facts = (saved["image_shape"], saved["n_y"], saved["n_train_images"], saved["n_test"]) if (
+            args.sample and saved is not None) else None
+        data = None if facts else load_data(args, backend)
         args.logdir = prepare_logdir(args.logdir, fresh_run=not (args.resume or _mode(args)))
-        cfg = config.derive_config(args, data.image_shape, data.n_y, data.n_train, data.n_test, backend.size())
+        cfg = config.derive_config(args, *(facts or (data.image_shape, data.n_y, data.n_train, data.n_test)),
+                                   n_ranks=backend.size())
         # A mode uses the model only: no gradients, no optimizer (a checkpoint's optimizer state is left out).
         graphs = (evaluator.Evaluator if _mode(args) else trainer_lib.Trainer)(cfg, backend, lambda graph: (
             runtime.make_session(cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph)))

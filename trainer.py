@@ -14,6 +14,8 @@ class Trainer(evaluator.Evaluator):
     data-dependent init and the training step (gradients averaged over ranks, Adam/Adamax, the Polyak average
     updated, skipped when not finite)."""
 
+    lazy = False  # every graph built before the first step, then the graph is final
+
     def _run_steps(self):
         """The level runner whose gradients take --gradient_checkpointing's memory-saving path."""
         return (looped.runner if self.cfg.loop_steps else memory_saving_gradients.unrolled)(
@@ -83,9 +85,12 @@ class Trainer(evaluator.Evaluator):
         return self.checkpoints.save(self.sess, logdir, state, best)
 
     def train_step(self, x, y, lr, loss_scale=1.0):
-        """One step at learning rate `lr`. Returns (applied, the batch's mean STATS)."""
-        _, applied, stats = self.sess.run([self.opt.train_op, self.opt.grads_finite, self.train_stats],
-                                          {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale})
+        """One step at learning rate `lr`. Returns (applied, the batch's mean STATS); `grad_norm` is then the
+        step's gradient norm (before clipping)."""
+        self.grad_norm = float("nan")  # until this step's is known
+        _, applied, stats, self.grad_norm = self.sess.run(
+            [self.opt.train_op, self.opt.grads_finite, self.train_stats, self.opt.grad_norm],
+            {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale})
         return bool(applied), stats
 
     def n_skipped(self):
