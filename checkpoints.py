@@ -162,8 +162,8 @@ def write_model_only(prefix, folder, left_out):
     os.makedirs(folder, exist_ok=True)
     out = os.path.join(os.path.abspath(folder), os.path.basename(prefix))
     _write(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
-    name = os.path.basename(out)  # relative to the folder, which can then move
-    tf.train.update_checkpoint_state(folder, name, all_model_checkpoint_paths=[name])
+    name = os.path.basename(out)  # relative to the folder, which can then move (TF keeps it so for an absolute one)
+    tf.train.update_checkpoint_state(os.path.abspath(folder), name, all_model_checkpoint_paths=[name])
     return out
 
 

@@ -52,7 +52,8 @@ def test_it_reevaluates_to_its_recorded_figures(weights):
     Recorded on TF 2.21 with the CPU kernels here; on another stack, CPU or kernel the float32 sums run in other
     orders: each coupling conv output sums up to 9 * 129 products (sqrt(1161) * u = 2e-6 relative, u = 2^-24,
     rounding errors adding like a random walk), through 24 steps whose differences add the same way (x5), so
-    about 1e-5 relative: rtol 1e-4, ten times that. The CSV rounds to 1e-6. Worst seen: TF 1.15 here WORST."""
+    about 1e-5 relative: rtol 1e-4, ten times that. The CSV rounds to 1e-6. Worst seen: 2.0e-6 relative (2.9e-6
+    bits/dim) on TF 1.15 here; on TF 2.21 here, the CSV's rounding (5e-7)."""
     run = trained_run.TrainedRun(PRETRAINED)
     x, y, _ = run.load_images("test", n=N)
     batches = ((x[i:i + 100], y[i:i + 100]) for i in range(0, N, 100))
