@@ -5,8 +5,11 @@ fields rebuild the model: a run folder describes itself), and `run/state`, the `
 weights as one thing. A run folder keeps checkpoints/ (the latest two) and best/ (the best test loss); TF rewrites each
 folder's `checkpoint` index atomically after the files, so a crash mid-save leaves the previous checkpoint in force.
 """
+import errno
+import glob
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -43,26 +46,74 @@ class RunState(object):
         return cls(**dict((k, float(v) if isinstance(v, str) else v) for k, v in json.loads(text).items()))
 
 
-def latest(folder):
-    """The latest checkpoint prefix in `folder` or its checkpoints/ or best/ (a run folder); None if there is none."""
+def latest(folder, skipped=None):
+    """The newest readable checkpoint prefix in `folder` or its checkpoints/ or best/ (a run folder); None if there
+    is none. A checkpoint that cannot be read whole (a truncated or corrupt file, `unreadable`) is passed over for
+    the one before it, and (prefix, why) appended to the list `skipped`; if every one listed is unreadable, a
+    ValueError names them."""
     for path in (folder, os.path.join(folder, "checkpoints"), os.path.join(folder, "best")):
-        prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else None
-        if prefix:
-            return prefix
+        state = tf.train.get_checkpoint_state(path) if os.path.isdir(path) else None
+        if state is None or not state.model_checkpoint_path:
+            continue
+        listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        if state.model_checkpoint_path not in listed:
+            listed.append(state.model_checkpoint_path)
+        bad = []
+        for prefix in reversed(listed):  # newest first
+            prefix = prefix if os.path.isabs(prefix) else os.path.join(path, prefix)
+            why = unreadable(prefix)
+            if why is None:
+                if skipped is not None:
+                    skipped.extend(bad)
+                return prefix
+            bad.append((prefix, why))
+        raise ValueError("no readable checkpoint in %s: %s" % (path, "; ".join("%s (%s)" % b for b in bad)))
     return None
 
 
-def resolve(path):
-    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+def unreadable(prefix):
+    """Why checkpoint `prefix` cannot be restored (missing or truncated files, a checksum that does not match: every
+    tensor is read, which checks each one's CRC), or None if it can."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except (tf.errors.OpError, IndexError, ValueError, OSError) as e:
+        return (getattr(e, "message", None) or str(e) or type(e).__name__).split("\n")[0]
+    return None
+
+
+def resolve(path, skipped=None):
+    """A checkpoint prefix from a prefix (it must be readable) or a folder (its newest readable checkpoint; see
+    `latest` for `skipped`)."""
     if os.path.isdir(path):
-        prefix = latest(path)
+        prefix = latest(path, skipped)
         if prefix is None:
             raise ValueError("%s: no checkpoint in this folder (nor in its checkpoints/ or best/)" % path)
         return prefix
     if not tf.train.checkpoint_exists(path):
         raise ValueError("%s: no such checkpoint (expected a run folder or a prefix like "
                          "logs/checkpoints/model.ckpt-1000 with its .index file)" % path)
+    why = unreadable(path)
+    if why is not None:
+        raise ValueError("checkpoint %s cannot be read: %s" % (path, why))
     return path
+
+
+class DiskFull(RuntimeError):
+    """No space left to save where a run writes: the message says where, how much is free and what to do."""
+
+
+def no_space(error):
+    """True if `error` (an OSError or a TensorFlow op error) says the device is full."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+def disk_full(folder, needed, cause):
+    """A DiskFull for a write of about `needed` bytes into `folder` that failed with `cause`."""
+    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+    return DiskFull("no space left on the device of %s (%.1f MB free, about %.1f MB needed; %s): free some space, "
+                    "then continue with --resume" % (folder, free / 1e6, needed / 1e6, str(cause).split("\n")[0]))
 
 
 def saved_config(prefix):
@@ -102,11 +153,42 @@ class Checkpoints(object):
         self.shapes = dict((v.op.name, v.get_shape().as_list()) for v in tf.global_variables())
 
     def save(self, sess, logdir, state, best=False):
-        """Save weights and `state` (a RunState) as logdir/{checkpoints,best}/model.ckpt-<step>; returns the prefix."""
+        """Save weights and `state` (a RunState) as logdir/{checkpoints,best}/model.ckpt-<step>; returns the prefix.
+        On a full disk the files of the failed save are removed, room is made (make_room) and the save is tried
+        once more; then a DiskFull says what to do. The newest complete checkpoint is never touched."""
         sess.run(self._assign, {self._feed: state.to_json()})
         folder = os.path.join(logdir, "best" if best else "checkpoints")
         saver = self.best_saver if best else self.saver
-        return saver.save(sess, os.path.join(folder, "model.ckpt"), global_step=state.step, write_meta_graph=False)
+        target = os.path.join(folder, "model.ckpt")
+        prefix = "%s-%d" % (target, state.step)
+        # Saved at this step already: keep its files. (TF 1.15's check raises where the folder does not exist.)
+        complete_before = os.path.isdir(folder) and tf.train.checkpoint_exists(prefix)
+        for attempt in (1, 2):
+            try:
+                return saver.save(sess, target, global_step=state.step, write_meta_graph=False)
+            except (tf.errors.OpError, OSError) as e:
+                if not no_space(e):
+                    raise
+                _remove_partial(prefix, keep_final=complete_before)
+                if attempt == 2 or not self.make_room(logdir):
+                    raise disk_full(folder, self.size(logdir), e) from e
+        raise AssertionError("unreachable")
+
+    def make_room(self, logdir):
+        """Delete the older of the two checkpoints kept in logdir/checkpoints (never the newest). True if one was."""
+        kept = [p for p in self.saver.last_checkpoints if tf.train.checkpoint_exists(p)]
+        if len(kept) < 2:
+            return False
+        tf.train.remove_checkpoint(kept[0])
+        self.saver.recover_last_checkpoints(kept[1:])
+        return True
+
+    def size(self, logdir):
+        """Bytes of the newest checkpoint in logdir/checkpoints (its data and index files), else of the variables."""
+        newest = self.saver.last_checkpoints[-1:] or [tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))]
+        files = glob.glob(newest[0] + ".*") if newest[0] else []
+        return sum(os.path.getsize(f) for f in files) or sum(
+            4 * int(np.prod(shape)) for shape in self.shapes.values() if shape is not None)
 
     def restore(self, sess, prefix):
         """Load checkpoint `prefix` (either step layout, see looped.py) into the graph's variables. Returns its
@@ -124,6 +206,16 @@ class Checkpoints(object):
             found = tf.train.get_checkpoint_state(os.path.join(logdir, sub))
             if found is not None:
                 saver.recover_last_checkpoints(list(found.all_model_checkpoint_paths))
+
+
+def _remove_partial(prefix, keep_final=False):
+    """The files a failed save of `prefix` may have left: TF writes <prefix>_temp.../, then merges it into
+    <prefix>.* (kept with keep_final: a complete checkpoint of the same name from before)."""
+    for path in ([] if keep_final else glob.glob(prefix + ".*")) + glob.glob(prefix + "_temp*"):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 def read_state(prefix):

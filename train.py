@@ -4,6 +4,7 @@
 checkpoints/, best/ and samples/. Modes: --inference, --evaluate [--per_image], --sample N.
 """
 import os
+import shutil
 import signal
 import sys
 import time
@@ -60,6 +61,9 @@ class Run(object):
                          for name in ("train", "test", "events") if self.chief)
         self.tensorboard = (tf.summary.FileWriter(os.path.join(self.logdir, "tensorboard"))
                             if self.chief and cfg.tensorboard else None)
+        for log in self.logs.values():
+            if log.repaired:
+                self.event(event="torn_log_line", file=log.path, note="a crash cut its last line; readers skip it")
 
     def say(self, *parts):
         if self.chief:
@@ -69,7 +73,18 @@ class Run(object):
         """A line of LOGDIR/<name>.txt (train, test or events); with --tensorboard
         also `scalars` ({key: number}) as <name>/<key> at the current step."""
         if self.chief:
-            self.logs[name].log(**fields)
+            try:
+                self.logs[name].log(**fields)
+            except OSError as e:  # a full disk: room as for a checkpoint, one more try
+                if not checkpoints.no_space(e):
+                    raise
+                if not (isinstance(self.graphs, trainer_lib.Trainer) and self.graphs.checkpoints.make_room(
+                        self.logdir)):
+                    raise checkpoints.disk_full(self.logdir, 4096, e) from e
+                try:
+                    self.logs[name].log(**fields)
+                except OSError as again:
+                    raise checkpoints.disk_full(self.logdir, 4096, again) from again
         if scalars:
             self.summarize(*[tf.Summary.Value(tag="%s/%s" % (name, k), simple_value=float(v))
                              for k, v in scalars.items()])
@@ -367,23 +382,30 @@ def prepare_logdir(path, fresh_run):
     return path
 
 
-def run_checkpoint(args):
-    """The checkpoint a run starts from: --restore_path, or for --resume and
-    the modes the latest in --logdir/checkpoints; None for a fresh run."""
+def run_checkpoint(args, skipped):
+    """The checkpoint a run starts from: --restore_path, or for --resume and the modes the newest readable one in
+    --logdir/checkpoints (those passed over for being unreadable appended to `skipped`); None for a fresh run."""
     if args.restore_path:
-        return checkpoints.resolve(args.restore_path)
+        return checkpoints.resolve(args.restore_path, skipped)
     if not (args.resume or _mode(args) or args.export):
         return None
-    prefix = checkpoints.latest(os.path.join(args.logdir, "checkpoints"))
+    prefix = checkpoints.latest(os.path.join(args.logdir, "checkpoints"), skipped)
     if prefix is None:
         raise ValueError("--logdir %s has no checkpoint in checkpoints/ to %s"
                          % (args.logdir, "resume from" if args.resume else "use; give --restore_path"))
     return prefix
 
 
-def start(run, args, prefix):
-    """Initialise the weights, or restore them from `prefix`: with its run
-    state for --resume and the modes, with a fresh one for --restore_path."""
+def start(run, args, prefix, skipped=()):
+    """Initialise the weights, or restore them from `prefix`: with its run state for --resume and the modes, with a
+    fresh one for --restore_path. `skipped`: (prefix, why) of newer checkpoints that could not be read."""
+    for bad, why in skipped:
+        run.event(event="checkpoint_unreadable", checkpoint=bad, reason=why, instead=prefix)
+    if run.chief and isinstance(run.graphs, trainer_lib.Trainer):
+        need, free = run.graphs.checkpoints.size(run.logdir), shutil.disk_usage(run.logdir).free
+        if free < 2 * need:
+            run.event(event="low_disk_space", free_mb=round(free / 1e6, 1), checkpoint_mb=round(need / 1e6, 1),
+                      note="less than two checkpoints' room in --logdir: saving may fail")
     if prefix is None:
         run.graphs.initialize(*run.data.init_batch(run.cfg.local_batch_init))
         run.loss_scale.start(run.state, restored=False)
@@ -421,9 +443,12 @@ def main(argv=None):
     config.check_args(args)
     tf.logging.set_verbosity(tf.logging.ERROR)
     tf.disable_v2_behavior()
-    prefix = run_checkpoint(args)
+    skipped = []
+    prefix = run_checkpoint(args, skipped)
     saved = checkpoints.saved_config(prefix) if prefix else None
     if args.export:
+        for bad, why in skipped:  # (start says it for the other modes, in the run's events too)
+            print("checkpoint %s cannot be read (%s): using %s" % (bad, why, prefix))
         return run_export(args, prefix, saved)
     if saved is not None:
         args = config.adopt_run(args, saved, prefix)
@@ -442,7 +467,7 @@ def main(argv=None):
         graphs = (evaluator.Evaluator if _mode(args) else trainer_lib.Trainer)(cfg, backend, lambda graph: (
             runtime.make_session(cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph)))
         run = Run(cfg, data, graphs, backend)
-        start(run, args, prefix)
+        start(run, args, prefix, skipped)
         return (_mode(cfg) or run_training)(run)
     finally:
         if run is not None:

@@ -54,19 +54,26 @@ class ResultLogger(object):
         if "resumed" in config:
             raise ValueError("ResultLogger(%r): config has a 'resumed' key, which the logger writes itself" % (path,))
         self.path, header, torn = path, dict(config), False
+        self._torn = False  # a write failed part-way: the next starts on a new line
         if os.path.exists(path) and os.path.getsize(path) > 0:
             header = dict([("resumed", True)] + list(config.items()))
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 # A crash mid-line left no newline: end it, so ours stay whole (read_jsonl skip_invalid skips it).
                 torn = f.read(1) != b"\n"
+        self.repaired = torn  # the file ended in a line torn by a crash (it stays, as a line readers skip)
         self._file = open(path, "a")
         self._write(("\n" if torn else "") + dumps_strict(header, "config") + "\n")
 
     def _write(self, text):
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(("\n" if self._torn else "") + text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._torn = False
+        except OSError:
+            self._torn = True  # (a full disk): part of the line may be in the file
+            raise
 
     def log(self, **kwargs):
         if self._file is None:
@@ -87,10 +94,11 @@ class ResultLogger(object):
         return False
 
 
-def read_jsonl(path, skip_invalid=False):
+def read_jsonl(path, skip_invalid=False, skipped=None):
     """The JSON objects of a JSON-lines file, in order, blank lines ignored; the NaN/Infinity that json.dumps
     (and openai/glow's logger) write by default are accepted. A line that is not a JSON object raises
-    ValueError naming path and line, unless skip_invalid (a line torn by a crash)."""
+    ValueError naming path and line, unless skip_invalid (a line torn by a crash): then "path:line: why" is
+    appended to the list `skipped`."""
     out = []
     with open(path, "r") as f:
         for n, line in enumerate(f, 1):
@@ -105,6 +113,8 @@ def read_jsonl(path, skip_invalid=False):
                 out.append(obj)
             elif not skip_invalid:
                 raise ValueError("%s:%d: %s" % (path, n, error))
+            elif skipped is not None:
+                skipped.append("%s:%d: %s" % (path, n, error))
     return out
 
 

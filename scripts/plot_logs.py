@@ -33,8 +33,11 @@ CURVES = {
 def read_curve(path, x_key, y_key="bits_x"):
     """[(x, y)] of the log's epoch lines, sorted by x; y a float, inf and
     nan included (they are drawn off the scale)."""
-    points = []
-    for record in utils.read_jsonl(path, skip_invalid=True):
+    points, torn = [], []
+    records = utils.read_jsonl(path, skip_invalid=True, skipped=torn)
+    for line in torn:  # a crash mid-write: reported, not drawn
+        sys.stderr.write("warning: skipped a line that is not JSON (torn by a crash?): %s\n" % line)
+    for record in records:
         if "problem" in record or record.get("mode") or record.get("partial") or x_key not in record:
             continue  # config lines, --evaluate lines, epochs cut short by --max_steps
         try:
