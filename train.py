@@ -28,9 +28,10 @@ N_WORST = 5  # worst test images named in each test line
 
 
 class StopRequest(object):
-    """Ctrl-C and SIGTERM while training: the first makes `check`, between steps, raise KeyboardInterrupt (the
-    run saves, status 130); a second interrupts at once. Raised in the handler, it could land inside TensorFlow's
-    Python code, which crashed or swallowed it (TF 2.21)."""
+    """Ctrl-C and SIGTERM while training: the first sets `signum`; the loop stops between steps (the run saves,
+    status 130), on every rank after the same step (Trainer.stop_agreed, agree_stop: a stop flag allreduced with
+    each step); a second interrupts at once. Raised in the handler, a KeyboardInterrupt could land inside
+    TensorFlow's Python code, which crashed or swallowed it (TF 2.21)."""
 
     def __init__(self):
         self.signum = None
@@ -44,9 +45,13 @@ class StopRequest(object):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self)
 
-    def check(self):
-        if self.signum is not None:
-            raise KeyboardInterrupt("signal %d" % self.signum)
+    def requested(self):
+        return self.signum is not None
+
+    def check(self, agreed):
+        """KeyboardInterrupt if `agreed` (every rank's answer to "does any rank ask to stop?")."""
+        if agreed:
+            raise KeyboardInterrupt("signal %s on this or another rank" % self.signum)
 
 
 class Run(object):
@@ -136,7 +141,7 @@ def train_one_epoch(run, epoch, skip=0):
             progress.update(i + 1, stats[evaluator.STATS.index("bits_x")] if applied else None)
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
-            run.stop.check()
+            run.stop.check(run.graphs.stop_agreed)
     finally:
         batches.close()  # its prefetch thread stops now, also on an error (a traceback would keep it)
         progress.close()
@@ -150,7 +155,7 @@ def _step(run, x, y, lr):
     allreduce, so skipping would pair this rank's next step with their current one: it stops (rank 0 first saves;
     its launcher stops the rest)."""
     try:
-        applied, stats = run.graphs.train_step(x, y, lr, run.state.loss_scale)
+        applied, stats = run.graphs.train_step(x, y, lr, run.state.loss_scale, stop=run.stop.requested())
         return applied, stats, None if applied else "non-finite loss or gradient"
     except tf.errors.InvalidArgumentError as e:
         failure = "%s in op %s" % (e.message.split("\n")[0], getattr(e.op, "name", "?"))
@@ -243,7 +248,7 @@ def train(run):
         return
     sample_weights = "raw"  # until a test line says which weights test better
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        run.stop.check()
+        run.stop.check(run.graphs.agree_stop(run.stop.requested()))
         t0, step_before = time.time(), state.step
         mean, ips = train_one_epoch(run, epoch, skip)
         # An epoch cut short by --max_steps is not done: a resumed run finishes it.

@@ -25,6 +25,7 @@ class Trainer(evaluator.Evaluator):
         cfg, backend = self.cfg, self.backend
         self.x_init, self.y_init = self._inputs("init", cfg.local_batch_init)
         self.x, self.y = self._inputs("train", cfg.local_batch_train)
+        self.grad_norm, self.stop_agreed = float("nan"), False  # of the last step (train_step)
         self._build_inputs()  # the evaluation's, created here as before this class had a base: the same op seeds
         self.init_loss = self.glow.init_op(self.x_init, self.y_init)
         self._build_train_step()
@@ -56,6 +57,9 @@ class Trainer(evaluator.Evaluator):
         self.seed_average = self.ema.seed_op
         self.train_stats = self.backend.allreduce_mean(tf.stack([tf.reduce_mean(stats[k])
                                                                  for k in evaluator.STATS]))
+        # A stop asked for on any rank (a signal), known to every rank after the same step: > 0.
+        self.stop_in = tf.placeholder_with_default(tf.constant(0.0), [], name="stop_in")
+        self.stop_any = self.backend.allreduce_mean(self.stop_in)
 
     def initialize(self, x_init, y_init):
         """Fresh weights: initialisers, data-dependent init on a batch per rank,
@@ -84,14 +88,21 @@ class Trainer(evaluator.Evaluator):
             return None
         return self.checkpoints.save(self.sess, logdir, state, best)
 
-    def train_step(self, x, y, lr, loss_scale=1.0):
+    def train_step(self, x, y, lr, loss_scale=1.0, stop=False):
         """One step at learning rate `lr`. Returns (applied, the batch's mean STATS); `grad_norm` is then the
-        step's gradient norm (before clipping)."""
-        self.grad_norm = float("nan")  # until this step's is known
-        _, applied, stats, self.grad_norm = self.sess.run(
-            [self.opt.train_op, self.opt.grads_finite, self.train_stats, self.opt.grad_norm],
-            {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale})
+        step's gradient norm (before clipping), and `stop_agreed` whether this rank or another asked to stop
+        (`stop`) at this step: the same on every rank."""
+        self.grad_norm, self.stop_agreed = float("nan"), bool(stop)  # until this step's are known
+        _, applied, stats, self.grad_norm, stop_any = self.sess.run(
+            [self.opt.train_op, self.opt.grads_finite, self.train_stats, self.opt.grad_norm, self.stop_any],
+            {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale, self.stop_in: float(stop)})
+        self.stop_agreed = bool(stop_any > 0)
         return bool(applied), stats
+
+    def agree_stop(self, stop):
+        """Whether any rank asks to stop (`stop`: this rank's wish), the same answer on every rank; every rank
+        must call it at the same point."""
+        return bool(self.sess.run(self.stop_any, {self.stop_in: float(stop)}) > 0)
 
     def n_skipped(self):
         return int(self.sess.run(self.opt.n_skipped))

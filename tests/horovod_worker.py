@@ -26,6 +26,8 @@ with an N-rank one:
 --op_error R:N      rank R's N-th training step raises an op error (what
                     session.run raises when an op rejects its input), the
                     other ranks' steps run.
+--signal_at R:N     rank R sends itself SIGTERM just before its N-th training
+                    step (what a scheduler's stop looks like to one rank).
 --nudge_weights     after the restore, every model weight moves by one float32
                     ulp, up or down at random (a fixed draw): a start that
                     differs from the checkpoint's by the size of one rounding,
@@ -35,6 +37,7 @@ with an N-rank one:
 import argparse
 import copy
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +60,7 @@ def parse(argv):
     p.add_argument("--nonchief_logdir", default="")
     p.add_argument("--op_error", default="", metavar="R:N")
     p.add_argument("--nudge_weights", action="store_true")
+    p.add_argument("--signal_at", default="", metavar="R:N")
     if "--" not in argv:
         p.error("give train.py's flags after --")
     split = argv.index("--")
@@ -81,10 +85,13 @@ def instrument(opts):
         seen["trainer"] = self
 
     failing = tuple(int(part) for part in opts.op_error.split(":")) if opts.op_error else None
+    signalled = tuple(int(part) for part in opts.signal_at.split(":")) if opts.signal_at else None
     calls = [0]
 
     def recording_step(self, *args, **kwargs):
         calls[0] += 1
+        if signalled == (self.backend.rank(), calls[0]):
+            os.kill(os.getpid(), signal.SIGTERM)
         if failing == (self.backend.rank(), calls[0]):
             raise tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
         applied, stats = step(self, *args, **kwargs)

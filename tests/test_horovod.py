@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+import checkpoints
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,3 +271,29 @@ def test_missing_horovod_is_a_clear_error(tmp_path, monkeypatch, flags, env, mes
         train.main(TINY + ["--logdir", str(tmp_path / "logs")] + flags)
     assert message in str(err.value)
     assert not os.path.exists(tmp_path / "logs")
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, tmp_path):
+    """SIGTERM reaching rank 1 alone (before its 5th step, so it asks at its 6th): both ranks learn it with that
+    step's allreduce, stop after step 6, rank 0 saves there, both exit 130; --resume on 2 ranks then finishes the
+    run from step 6 with continuous logs."""
+    python = _horovod_python()
+    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
+    logdir, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    launch = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo", python, WORKER]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.time()
+    proc = subprocess.run(launch + ["--out", out, "--signal_at", "1:5", "--"] + TINY + [
+        "--restore_path", runs["ckpt"], "--epochs", str(EPOCHS), "--logdir", logdir, "--n_batch_train", str(BATCH)],
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+        timeout=300)
+    assert proc.returncode != 0 and time.time() - t0 < 300, proc.stdout[-3000:]
+    for rank in range(N_RANKS):
+        assert np.load(os.path.join(out, "rank%d.npz" % rank))["steps"].shape[0] == 6, proc.stdout[-3000:]
+    assert "interrupted: saving a checkpoint at step 6" in proc.stdout
+    assert checkpoints.latest(os.path.join(logdir, "checkpoints")).endswith("model.ckpt-6")
+    assert _run(launch + ["--out", str(tmp_path / "resumed"), "--"] + [
+        "--logdir", logdir, "--resume", "--epochs", str(EPOCHS), "--n_batch_train", str(BATCH)], str(tmp_path),
+        str(tmp_path / "resume.log"))
+    assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - 6
+    assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, N_STEPS // 2), (2, N_STEPS)]

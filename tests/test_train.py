@@ -155,11 +155,11 @@ def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     real_step = train.trainer_lib.Trainer.train_step
     calls = {"n": 0}
 
-    def flaky_step(self, x, y, lr, loss_scale=1.0):
+    def flaky_step(self, x, y, lr, loss_scale=1.0, stop=False):
         calls["n"] += 1
         if 5 <= calls["n"] <= 16:
             return False, None
-        return real_step(self, x, y, lr, loss_scale)
+        return real_step(self, x, y, lr, loss_scale, stop)
 
     monkeypatch.setattr(train.trainer_lib.Trainer, "train_step", flaky_step)
     status, logdir = _run(tmp_path, "--epochs", "3", "--max_nonfinite", "5")
@@ -177,11 +177,11 @@ def _failing_step(monkeypatch, failing_calls):
     real_step = train.trainer_lib.Trainer.train_step
     calls = {"n": 0}
 
-    def step(self, x, y, lr, loss_scale=1.0):
+    def step(self, x, y, lr, loss_scale=1.0, stop=False):
         calls["n"] += 1
         if calls["n"] in failing_calls:
             raise train.tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
-        return real_step(self, x, y, lr, loss_scale)
+        return real_step(self, x, y, lr, loss_scale, stop)
 
     monkeypatch.setattr(train.trainer_lib.Trainer, "train_step", step)
 
@@ -436,10 +436,12 @@ def test_bad_flag_on_the_command_line(tmp_path):
 
 def test_stop_request_defers_the_first_signal_and_not_the_second():
     stop = train.StopRequest()
-    stop.check()
-    stop(signal.SIGINT, None)  # the handler itself does not raise: the loop checks
+    assert not stop.requested()
+    stop.check(False)
+    stop(signal.SIGINT, None)  # the handler itself does not raise: the loop asks every rank, then checks
+    assert stop.requested()
     with pytest.raises(KeyboardInterrupt):
-        stop.check()
+        stop.check(True)
     with pytest.raises(KeyboardInterrupt):
         stop(signal.SIGINT, None)  # a second Ctrl-C interrupts at once
 
