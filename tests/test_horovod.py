@@ -282,12 +282,11 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, tmp_path
     logdir, out = str(tmp_path / "logs"), str(tmp_path / "out")
     launch = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo", python, WORKER]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
-    t0 = time.time()
     proc = subprocess.run(launch + ["--out", out, "--signal_at", "1:5", "--"] + TINY + [
         "--restore_path", runs["ckpt"], "--epochs", str(EPOCHS), "--logdir", logdir, "--n_batch_train", str(BATCH)],
         cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
         timeout=300)
-    assert proc.returncode != 0 and time.time() - t0 < 300, proc.stdout[-3000:]
+    assert proc.returncode != 0, proc.stdout[-3000:]  # (and within the timeout: the stop is bounded)
     for rank in range(N_RANKS):
         assert np.load(os.path.join(out, "rank%d.npz" % rank))["steps"].shape[0] == 6, proc.stdout[-3000:]
     assert "interrupted: saving a checkpoint at step 6" in proc.stdout

@@ -185,7 +185,8 @@ def test_conv1x1_constants_are_the_same_model(permutation):
             want, got, back_v, back_ref_v = sess.run([enc.objective, enc2.objective, back, back_ref])
         used = tf.graph_util.extract_sub_graph(graph.as_graph_def(), [enc2.objective.op.name, back.op.name])
     assert len(constants) == 2 * 2  # levels x depth
-    # The same float64 ops on the same values, W^-1 and log|det W| computed once instead of in the graph.
+    # The same float64 ops on the same values, W^-1 and log|det W| computed once instead of in the graph: equal
+    # but for the order a kernel may sum in (seen: equal to the bit, both stacks).
     np.testing.assert_allclose(got, want, rtol=1e-12)
     # (How close either comes back to x0 is the model's own round trip, test_flow_round_trip's: these random
     # weights scale some channels by sigmoid(-large), which costs the inverse digits.)
