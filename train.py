@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train Glow (Kingma & Dhariwal 2018): `python train.py --problem cifar10 ...` with openai/glow's flags
 (config.py). A run writes to --logdir: train.txt, test.txt, events.txt (JSON lines, the first the full config),
-checkpoints/, best/ and samples/. Modes: --inference, --evaluate [--per_image], --sample N.
+checkpoints/, best/ and samples/. Modes: --inference, --evaluate [--per_image], --sample N, --export DIR.
 """
 import os
 import shutil
@@ -51,7 +51,7 @@ class StopRequest(object):
     def check(self, agreed):
         """KeyboardInterrupt if `agreed` (every rank's answer to "does any rank ask to stop?")."""
         if agreed:
-            raise KeyboardInterrupt("signal %s on this or another rank" % self.signum)
+            raise KeyboardInterrupt("a stop asked for (signal %s here, or on another rank)" % self.signum)
 
 
 class Run(object):
