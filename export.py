@@ -25,6 +25,7 @@ import tensorflow.compat.v1 as tf
 
 import looped
 import model as glow_model
+import optim
 import tfops
 import utils
 
@@ -125,7 +126,7 @@ def _checkpoint_values(prefix, weights):
     have = reader.get_variable_to_shape_map()
 
     def read(name, shape, trainable):
-        key = "optim/%s/ema" % name if weights == "polyak" and trainable else name
+        key = optim.average_key(name) if weights == "polyak" and trainable else name
         if key in have:
             return np.asarray(reader.get_tensor(key))
         values, _, missing = looped.convert_checkpoint(reader, {key: shape})

@@ -36,6 +36,11 @@ _STATE = dict(trainable=False, use_resource=True)  # every state variable
 TrainOp = collections.namedtuple("TrainOp", ["train_op", "n_skipped", "grads_finite", "ema", "grad_norm"])
 
 
+def average_key(name, scope="optim"):
+    """The checkpoint key of the Polyak average of variable `name` (Polyak's `<scope>/<param op name>/ema`)."""
+    return "%s/%s/ema" % (scope, name)
+
+
 def is_state(key, scope="optim"):
     """True for a checkpoint key of the optimizer's own state (`<scope>/t`, `<scope>/n_skipped`, the moments
     `<scope>/.../m1` and `m2`), which training needs and using the model does not; False for the Polyak averages."""
