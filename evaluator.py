@@ -2,6 +2,8 @@
 with the raw weights (the paper's test figure) or their Polyak averages. It builds the model and the averages
 only, no gradients and no optimizer: evaluation, sampling, the tools and export read a checkpoint's weights and
 averages and leave its optimizer state out (trainer.Trainer adds the training step to the same graphs)."""
+import os
+
 import numpy as np
 import tensorflow.compat.v1 as tf
 
@@ -102,8 +104,9 @@ class Evaluator(object):
 
     def restore(self, path):
         """The model's weights and their averages from a checkpoint (a prefix or a folder holding one); its
-        optimizer state is left out. Every rank reads the same file. Returns (its prefix, its RunState)."""
-        prefix = checkpoints.resolve(path)
+        optimizer state is left out. Every rank reads the same file. Returns (its prefix, its RunState). A prefix is
+        one its caller resolved (checkpoints.resolve/latest read it whole already): it is not read a third time."""
+        prefix = checkpoints.resolve(path) if os.path.isdir(path) else path
         return prefix, self.weights.restore(self.sess, prefix)
 
     def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):

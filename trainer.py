@@ -1,5 +1,7 @@
 """The graphs of a training run and the session that runs them (train.py: the loop): a model's graphs
 (evaluator.Evaluator) plus data-dependent init and the training step."""
+import os
+
 import tensorflow.compat.v1 as tf
 
 import checkpoints
@@ -72,7 +74,7 @@ class Trainer(evaluator.Evaluator):
     def restore(self, path):
         """Restore a checkpoint (a prefix or a folder holding one) on all ranks
         as on rank 0. Returns (its prefix, its RunState)."""
-        prefix = checkpoints.resolve(path)
+        prefix = checkpoints.resolve(path) if os.path.isdir(path) else path  # (a prefix: resolved by the caller)
         if not any(optim.is_state(key) for key in tf.train.load_checkpoint(prefix).get_variable_to_shape_map()):
             raise ValueError("checkpoint %s holds no optimizer state (a model packed for use, scripts/pack_run.py): "
                              "evaluate, sample or export it; training from it needs the run's own checkpoint" % prefix)
