@@ -112,15 +112,21 @@ class Evaluator(object):
     def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):
         """Per-image STATS [4, n] of `batches` (their first image is test image `first_index`) with the
         `weights`, each the mean over n_draws dequantisation draws (the same for both weightings)."""
-        use_polyak = _use_polyak(weights)
-        out, index = [np.zeros((len(STATS), 0))], first_index
+        return self.eval_weightings(batches, first_index, n_draws, (weights,))[weights]
+
+    def eval_weightings(self, batches, first_index=0, n_draws=1, weightings=WEIGHTS):
+        """eval_per_image for each of `weightings` in one pass over `batches`: {weights: STATS [4, n]}. Each
+        batch is fed, and its noise drawn, once for all of them."""
+        use_polyak = [(w, _use_polyak(w)) for w in weightings]
+        out, index = dict((w, [np.zeros((len(STATS), 0))]) for w in weightings), first_index
         for x, y in batches:
             feeds = [{self.x_test: x, self.y_test: y, self.noise_test: dequantization_noise(
                 range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)} for draw in range(n_draws)]
-            draws = [self._run(self.eval_per_example, f, use_polyak, self.cfg.local_batch_test) for f in feeds]
-            out.append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
+            for w, polyak in use_polyak:
+                draws = [self._run(self.eval_per_example, dict(f), polyak, self.cfg.local_batch_test) for f in feeds]
+                out[w].append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
             index += len(x)
-        return np.concatenate(out, axis=1)
+        return dict((w, np.concatenate(parts, axis=1)) for w, parts in out.items())
 
     def gather(self, local, start, n_total):
         """Every rank's `local` [k, n_r] at its columns start_r.. of one [k,

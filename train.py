@@ -185,10 +185,9 @@ def recover(run):
 def evaluate(run, n_draws=1):
     """The whole test set (each rank its share) with both weightings: (its
     test_line, {"raw", "polyak"}: STATS [4, n_test] in test-set order)."""
-    tr, start, per_image = run.graphs, run.data.test_range()[0], {}
-    for weights in evaluator.WEIGHTS:
-        local = tr.eval_per_image(run.data.test_batches(run.cfg.local_batch_test), start, n_draws, weights)
-        per_image[weights] = tr.gather(local, start, run.data.n_test)
+    tr, start = run.graphs, run.data.test_range()[0]
+    local = tr.eval_weightings(run.data.test_batches(run.cfg.local_batch_test), start, n_draws, evaluator.WEIGHTS)
+    per_image = dict((w, tr.gather(stats, start, run.data.n_test)) for w, stats in local.items())
     return test_line(per_image), per_image
 
 

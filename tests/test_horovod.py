@@ -10,7 +10,8 @@ tiny Glow on real Fashion-MNIST for 2 epochs (32 steps) from a checkpoint:
    at each step, the union of the two ranks' batches (the same examples;
    see horovod_worker.py for why the union and why the noise is centred),
    up to float32 rounding as this machine amplifies it (`_rounding_bound`),
-   and end with the same weights and test bits/dim;
+   and end with the same weights and test bits/dim, with --max_grad_norm
+   clipping some of the steps (it must see the gradient averaged over ranks);
 3. only rank 0 wrote files: rank 1's --logdir (a folder of its own) stays
    empty, rank 1 printed nothing, and rank 0's --logdir holds exactly the
    files of the 1-rank run.
@@ -44,6 +45,10 @@ TINY = ["--problem", "fashion-mnist", "--n_levels", "2", "--depth", "2", "--widt
         "--epochs_warmup", "0", "--device", "cpu"]
 N_RANKS, BATCH, EPOCHS = 2, 16, 2
 N_STEPS = EPOCHS * 512 // (N_RANKS * BATCH)
+# Gradient clipping by global norm, set between the smallest and the largest norm of these 32 steps (2.1 to 3.9
+# on the 1-rank run): clipped steps and unclipped ones. The norm is of the gradient averaged over the ranks; a
+# rank clipping its own (noisier) half would take other steps than the 1-rank run.
+MAX_GRAD_NORM = 2.7
 
 
 def _has_horovod(python):
@@ -104,7 +109,8 @@ def runs(tmp_path_factory):
          + ["--logdir", d["init"], "--n_batch_train", "32", "--epochs", "1", "--max_steps", "1"],
          ROOT, str(tmp / "init.log"))
     ckpt = os.path.join(d["init"], "checkpoints", "model.ckpt-0")
-    common = TINY + ["--restore_path", ckpt, "--epochs", str(EPOCHS), "--verbose"]
+    common = TINY + ["--restore_path", ckpt, "--epochs", str(EPOCHS), "--verbose", "--max_grad_norm",
+                     str(MAX_GRAD_NORM)]
     hvd_out = _run([horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo",
                     python, WORKER, "--out", d["out_hvd"], "--centre_noise", "--nonchief_logdir", d["rank1"],
                     "--"] + common + ["--logdir", d["hvd"], "--n_batch_train", str(BATCH)],
@@ -176,6 +182,8 @@ def test_two_ranks_follow_the_one_rank_trajectory(runs):
     np.testing.assert_array_equal(steps, rank1["steps"])  # allreduced: the same on every rank
     loss = steps[:, 0]
     assert np.mean(loss[-8:]) < np.mean(loss[:8]) - 0.05, loss  # it trained
+    norms = [float(g) for g in re.findall(r" grad_norm (\S+)", runs["hvd_stdout"])]  # rank 0's, before clipping
+    assert len(norms) == N_STEPS and min(norms) < MAX_GRAD_NORM < max(norms), norms  # clipped and unclipped steps
     # Same examples per step; only the summation order differs (two halves
     # averaged by Horovod vs one batch): float32 rounding, as amplified by
     # the steps on this machine.

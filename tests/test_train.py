@@ -308,6 +308,31 @@ def test_modes_inference_evaluate_sample(trained, tmp_path):
     assert os.path.exists(os.path.join(logdir, "samples_t0.50_polyak.png"))
 
 
+def test_clipping_sees_the_gradient_with_the_loss_scale_divided_out(trained, tmp_path):
+    """--max_grad_norm clips the gradient after --loss_scale's factor is divided out again: a step with loss
+    scale 2^10 is bit-identical to one without (a power of two scales every backprop product and sum exactly,
+    barring overflow), with clipping active on both, and reports the same (unscaled) gradient norm. Clipping
+    applied before the division would clip a 1024 times larger norm: another step."""
+    logdir = copy_of(trained, tmp_path)
+    start, after, norms = None, {}, {}
+    for scale in (1.0, 1024.0):  # each in a graph of its own: the same seeds, so the same training noise
+        run = _open_run(train.config.parse_args(TINY + ["--logdir", logdir, "--n_test", "64", "--max_grad_norm",
+                                                        "0.05"]))
+        try:
+            tr = _restored(run)
+            variables = [v for v in tr.graph.get_collection("variables") if v.dtype.base_dtype != tf.string]
+            start = tr.sess.run(variables)
+            applied, _ = tr.train_step(*run.data.init_batch(64), 1e-3, loss_scale=scale)
+            assert applied
+            after[scale], norms[scale] = tr.sess.run(variables), tr.grad_norm
+        finally:
+            run.close()
+    assert norms[1.0] == norms[1024.0] and norms[1.0] > 10 * 0.05, norms  # clipped, by 10x at least
+    assert any("W" in v.name and np.any(a != b) for v, a, b in zip(variables, start, after[1.0])), "nothing moved"
+    for v, a, b in zip(variables, after[1.0], after[1024.0]):
+        np.testing.assert_array_equal(a, b, err_msg=v.name)
+
+
 def test_raw_and_polyak_evaluations_and_the_worst_image(opened):
     """The two weightings' test figures differ once training moved the
     weights away from their average, and agree exactly (same noise) when
