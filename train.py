@@ -169,6 +169,25 @@ def _step(run, x, y, lr):
                        "on one rank alone. %s: rerun with --resume" % (rank, run.backend.size(), failure, step, kept))
 
 
+def lost_rank(run, error):
+    """The line for an op error in a run of several ranks, other than a failed step's (_step): a collective op
+    failed because another rank stalled (no answer within the transport's timeout: Gloo's is
+    HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default) or died. Nothing is saved (a step cut short in its allreduce
+    may have updated some weights and not others); the last checkpoint is intact. Every live rank prints this:
+    with several, the ranks missing from these lines are the ones that stalled or died."""
+    rank, size = run.backend.rank(), run.backend.size()
+    others = [r for r in range(size) if r != rank]
+    who = "rank %d" % others[0] if len(others) == 1 else "one of ranks %s" % ", ".join(map(str, others))
+    latest = checkpoints.latest(os.path.join(run.logdir, "checkpoints")) if run.chief else None
+    kept = ("the last checkpoint, %s, is intact: rerun with --resume" % os.path.basename(latest) if latest else
+            "the last checkpoint is intact: rerun with --resume" if not run.chief else
+            "no checkpoint was written yet: run the command again")
+    return ("rank %d of %d: %s in %s after step %d: %s stalled or died (a rank that stops answering ends the job "
+            "after the transport's timeout: Gloo's HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default); %s"
+            % (rank, size, type(error).__name__, getattr(error.op, "name", "a collective op"), run.state.step, who,
+               kept))
+
+
 def recover(run):
     """After --max_nonfinite bad steps in a row: the last checkpoint's weights,
     a lower learning rate; the step count and the batches go on."""
@@ -472,7 +491,12 @@ def main(argv=None):
             runtime.make_session(cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph)))
         run = Run(cfg, data, graphs, backend)
         start(run, args, prefix, skipped)
-        return (_mode(cfg) or run_training)(run)
+        try:
+            return (_mode(cfg) or run_training)(run)
+        except tf.errors.OpError as e:
+            if backend.size() == 1:
+                raise
+            raise RuntimeError(lost_rank(run, e)) from e
     finally:
         if run is not None:
             run.close()

@@ -28,6 +28,11 @@ with an N-rank one:
                     other ranks' steps run.
 --signal_at R:N     rank R sends itself SIGTERM just before its N-th training
                     step (what a scheduler's stop looks like to one rank).
+--stall_at R:N      rank R stops itself with SIGSTOP just before its N-th
+                    training step (a hung filesystem or device looks the
+                    same to the other ranks).
+--kill_at R:N       rank R kills itself with SIGKILL there (a crash, the
+                    out-of-memory killer).
 --nudge_weights     after the restore, every model weight moves by one float32
                     ulp, up or down at random (a fixed draw): a start that
                     differs from the checkpoint's by the size of one rounding,
@@ -61,6 +66,8 @@ def parse(argv):
     p.add_argument("--op_error", default="", metavar="R:N")
     p.add_argument("--nudge_weights", action="store_true")
     p.add_argument("--signal_at", default="", metavar="R:N")
+    p.add_argument("--stall_at", default="", metavar="R:N")
+    p.add_argument("--kill_at", default="", metavar="R:N")
     if "--" not in argv:
         p.error("give train.py's flags after --")
     split = argv.index("--")
@@ -86,12 +93,16 @@ def instrument(opts):
 
     failing = tuple(int(part) for part in opts.op_error.split(":")) if opts.op_error else None
     signalled = tuple(int(part) for part in opts.signal_at.split(":")) if opts.signal_at else None
+    faults = dict((tuple(int(part) for part in where.split(":")), sig) for where, sig in (
+        (opts.stall_at, signal.SIGSTOP), (opts.kill_at, signal.SIGKILL)) if where)
     calls = [0]
 
     def recording_step(self, *args, **kwargs):
         calls[0] += 1
         if signalled == (self.backend.rank(), calls[0]):
             os.kill(os.getpid(), signal.SIGTERM)
+        if (self.backend.rank(), calls[0]) in faults:
+            os.kill(os.getpid(), faults[(self.backend.rank(), calls[0])])
         if failing == (self.backend.rank(), calls[0]):
             raise tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
         applied, stats = step(self, *args, **kwargs)
@@ -151,7 +162,7 @@ def main(argv):
     if opts.nonchief_logdir and rank > 0:
         flags = with_logdir(flags, opts.nonchief_logdir)
     seen = instrument(opts)
-    status = train.main(flags)
+    status = train.cli(flags)  # as train.py runs: an error is one line on stderr, and a status
     tr = seen["trainer"]
     assert tr.backend.rank() == rank, (tr.backend.rank(), rank)
     variables = tr.graph.get_collection("variables")

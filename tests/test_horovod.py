@@ -304,3 +304,33 @@ def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, tmp_path
         str(tmp_path / "resume.log"))
     assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - 6
     assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, N_STEPS // 2), (2, N_STEPS)]
+
+
+@pytest.mark.parametrize("fault", ["stall_at", "kill_at"])
+def test_a_stalled_or_killed_rank_ends_the_job_naming_it_and_resume_continues(runs, tmp_path, fault):
+    """Rank 1 stops (SIGSTOP: a hung filesystem or device) or dies (SIGKILL) before its 20th step, in epoch 2
+    (16 steps an epoch): rank 0 is left waiting in that step's allreduce until Gloo's timeout (set to 10 s here;
+    30 s by default) or the closed connection ends it, then ends with one line that names rank 1 and the intact
+    checkpoint of step 16, saving nothing; horovodrun ends the job. --resume on 2 ranks then finishes the run from
+    step 16 with continuous logs. The bound is the subprocess timeout (no timing assert)."""
+    python = _horovod_python()
+    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
+    logdir, out = str(tmp_path / "logs"), str(tmp_path / "out")
+    launch = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo", python, WORKER]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1", HOROVOD_GLOO_TIMEOUT_SECONDS="10")
+    proc = subprocess.run(launch + ["--out", out, "--" + fault, "1:20", "--"] + TINY + [
+        "--restore_path", runs["ckpt"], "--epochs", str(EPOCHS), "--logdir", logdir, "--n_batch_train", str(BATCH)],
+        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+        timeout=300)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    line = [text for text in proc.stdout.splitlines() if "stalled or died" in text]
+    assert len(line) == 1 and "rank 0 of 2:" in line[0] and "after step 19: rank 1 stalled or died" in line[0] \
+        and "model.ckpt-16, is intact" in line[0] and "--resume" in line[0], proc.stdout[-3000:]
+    assert "Traceback" not in "\n".join(t for t in proc.stdout.splitlines() if t.startswith("[0]")), \
+        proc.stdout[-3000:]  # (horovodrun's own RuntimeError is the launcher's, not rank 0's)
+    assert checkpoints.latest(os.path.join(logdir, "checkpoints")).endswith("model.ckpt-16")
+    assert _run(launch + ["--out", str(tmp_path / "resumed"), "--"] + [
+        "--logdir", logdir, "--resume", "--epochs", str(EPOCHS), "--n_batch_train", str(BATCH)], str(tmp_path),
+        str(tmp_path / "resume.log"))
+    assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - 16
+    assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, N_STEPS // 2), (2, N_STEPS)]
