@@ -2,9 +2,10 @@
 
 Architecture (paper section 3, Figure 2): squeeze the image; per level, `depth` flow steps (actnorm -> permutation ->
 coupling), then, between levels, split off half the channels under a learned Gaussian prior and squeeze again. The
-top latent's Gaussian prior is zero, learned (`learntop`) or class-conditional (`ycond`). `Glow` holds only
-hyperparameters: every graph it builds reads the same variables under one scope, and a `custom_getter` lets an
-evaluation graph read other values for them (the Polyak averages) without swapping weights.
+top latent's Gaussian prior is zero, learned (`learntop`) or class-conditional (`ycond`). `Glow` holds
+hyperparameters and build choices (the level runner, an export's 1x1-conv constants), no variables: every graph it
+builds reads the same variables under one scope, and a `custom_getter` lets an evaluation graph read other values for
+them (the Polyak averages) without swapping weights.
 """
 import collections
 import functools

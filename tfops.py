@@ -1,8 +1,11 @@
 """Glow's building blocks in portable TF1 graph code (Kingma & Dhariwal 2018).
 
-Every invertible op has one contract, op(name, z, logdet, reverse=False) -> (z, logdet), with z [B, H, W, C] and
-logdet the per-example log|det dz_out/dz_in| [B]: computed once, added forward and subtracted in reverse, so
-reverse(forward(z)) gives back z and the incoming logdet. Variables take z's dtype (float32 to train, float64 in the
+The invertible ops on a whole tensor (actnorm, the permutations, the 1x1 convolutions) share one contract,
+op(name, z, logdet, reverse=False) -> (z, logdet), with z [B, H, W, C] and logdet the per-example
+log|det dz_out/dz_in| [B]: computed once, added forward and subtracted in reverse, so reverse(forward(z)) gives back
+z and the incoming logdet. The couplings' halves (couple_additive/couple_affine: z2 given the network's output h)
+keep the (z, logdet) pair with h as an extra input; split2d is not of this kind (it moves half of z into the
+objective under a prior), and its signatures say so. Variables take z's dtype (float32 to train, float64 in the
 Jacobian tests). Variable scope names are checkpoint keys: never change them.
 """
 import contextlib

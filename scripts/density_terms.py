@@ -7,8 +7,10 @@ from a checkpoint's weights.
 
 An implementation independent of the TF graph (tests/test_density_terms.py
 checks that the two agree): the paper's math (Kingma & Dhariwal 2018) with
-openai/glow's conventions as tfops.py implements them, written again here
-without importing tfops or model. TensorFlow only reads the checkpoint. It
+openai/glow's conventions as tfops.py implements them, written again here:
+none of its math comes from tfops or model (it imports checkpoints for the
+run config and, with --noise eval, evaluator for that noise alone; they pull
+model in, unused). TensorFlow only reads the checkpoint. It
 tells whether an image's tiny density is the model's or a float32 defect of
 the graph, and which level's terms run away. Images sit at their bin centres,
 or with `--noise eval` take the dequantisation noise of train.py's evaluation.
@@ -53,7 +55,7 @@ def load_checkpoint(prefix):
 def weight_getter(params, weights="raw"):
     """get(name) -> the value of model variable `name` (unrolled name,
     model/<level>/<step>/...) from `params`: with --loop_steps checkpoints,
-    row <step> of model/<level>/step/... (model.step_key). weights='polyak'
+    row <step> of model/<level>/step/... (looped.step_key). weights='polyak'
     reads the Polyak average optim/<name>/ema (optim.Polyak) where there is
     one: trainable variables; P, sign_S and shuffle indices have none."""
     if weights not in ("raw", "polyak"):
