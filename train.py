@@ -280,7 +280,9 @@ def train(run):
                 **(dict(stats, partial=True) if partial else stats))
         stop, test = bool(cfg.max_steps and state.step >= cfg.max_steps), None
         if config.is_eval_epoch(cfg, epoch) or stop:
+            t_eval = time.time()
             test, per_image = evaluate(run)
+            test["eval_seconds"] = round(time.time() - t_eval, 2)  # both weightings, the whole test set
             run.summarize(utils.histogram_summary("test/bits_x_per_image", per_image["raw"][
                 evaluator.STATS.index("bits_x")]))
             run.log("test", dict((k, v) for k, v in test.items() if k != "worst_images"), epoch=epoch,
