@@ -4,6 +4,7 @@
 
     python benchmarks/spikes.py --out docs/results/spikes.json --seeds 0 1 --variant base= \
         --variant "clip100=--max_grad_norm 100" --variant "beta2=--adam_beta2 0.999"
+    python benchmarks/spikes.py --out docs/results/spikes.json --table     # its runs as a Markdown table
 
 A spike is a step after --after whose training bits/dim is more than --jump above the lowest of the 20 steps
 before it (the issue's count); an episode is a run of such steps. Reported per run: the spiking steps, the
@@ -34,6 +35,39 @@ def spikes(bits, after=300, jump=0.5, window=20):
     return jumps, episodes
 
 
+def largest_excess(bits, after=300, window=20):
+    """The most any step after `after` rose above the lowest of the `window` steps before it (bits/dim)."""
+    return max(bits[i] - min(bits[i - window:i]) for i in range(max(window, after), len(bits)))
+
+
+def table(report, after=300):
+    """Markdown rows of a report: per variant and seed, spiking steps, episodes, the largest rise and the mean of
+    the last 100 steps."""
+    rows = ["| variant | seed | spiking steps after %d | episodes | largest rise | mean, last 100 steps |" % after,
+            "|---|---|---|---|---|---|"]
+    for name, seeds in report.items():
+        for seed, r in sorted(seeds.items()):
+            partial = " (%d steps)" % r["n_steps"] if r["n_steps"] < 1000 else ""
+            rows.append("| %s%s | %s | %d | %d | %.2f | %.3f |" % (
+                name, partial, seed, len(r["spiking_steps"]), len(r["episodes"]), largest_excess(r["bits"], after),
+                r["mean_last_100"]))
+    return "\n".join(rows)
+
+
+def noise_floor(per_image_bits, batch=64, steps=1000, after=300, jump=0.5, trials=200, seed=0):
+    """What the count gives for a model that does not change at all: batches of `batch` images drawn at random
+    from `per_image_bits` (one model's bits/dim per image), their means as the per-step figures. Returns (the mean
+    count per run of `steps`, the share of runs with none, the standard deviation of a batch mean)."""
+    import numpy as np
+    rng, bits = np.random.RandomState(seed), np.asarray(per_image_bits, np.float64)
+    counts, means = [], []
+    for _ in range(trials):
+        x = bits[rng.randint(0, len(bits), (steps, batch))].mean(axis=1)
+        counts.append(len(spikes(list(x), after, jump)[0]))
+        means.append(x)
+    return float(np.mean(counts)), float(np.mean(np.array(counts) == 0)), float(np.std(np.concatenate(means)))
+
+
 def run(variant_args, seed, steps, logdir):
     cmd = [sys.executable, os.path.join(HERE, "train.py")] + MAIN_JOB + [
         "--seed", str(seed), "--verbose", "--max_steps", str(steps), "--logdir", logdir] + variant_args
@@ -55,14 +89,27 @@ def summarize(out, cmd, after, jump):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", action="append", required=True, metavar="NAME=FLAGS")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--after", type=int, default=300)
     p.add_argument("--jump", type=float, default=0.5)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument("--table", action="store_true", help="print --out's runs as a Markdown table, run nothing")
+    p.add_argument("--noise_floor", default="", metavar="CSV", help="print the count for unchanging weights whose "
+                   "per-image bits/dim are the CSV's bits_x column (--evaluate --per_image), run nothing")
     args = p.parse_args(argv)
+    if args.noise_floor:
+        import csv
+        bits = [float(row["bits_x"]) for row in csv.DictReader(open(args.noise_floor))]
+        mean, none, sd = noise_floor(bits, after=args.after, jump=args.jump, steps=args.steps)
+        print("%s: batch-mean sd %.3f; a 1000-step run of unchanging weights: %.2f spiking steps on average, none "
+              "in %.0f%% of runs" % (args.noise_floor, sd, mean, 100 * none))
+        return 0
+    if args.table:
+        print(table(json.load(open(args.out)), args.after))
+        return 0
     todo = [(name, shlex.split(flags), seed) for name, flags in (v.split("=", 1) for v in args.variant)
             for seed in args.seeds]
     report = json.load(open(args.out)) if os.path.exists(args.out) else {}

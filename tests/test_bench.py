@@ -209,3 +209,18 @@ def test_overlap_shares_the_span_by_running_ops():
     assert shared["span_seconds"] == 4e-5 and shared["op_seconds"] == 3.5e-5
     assert shared["conv_matmul_op_seconds"] == 2e-5
     assert bench.overlap([]) is None
+
+
+def test_spike_count_is_the_issues_definition():
+    """benchmarks/spikes.py: a step after `after` more than `jump` above the lowest of the 20 before it; an
+    episode is a run of such steps; the noise floor of unchanging weights counts next to nothing at a spread like
+    the main job's and a lot at a wide one."""
+    from benchmarks import spikes
+    bits = [5.0] * 30 + [3.0] * 20 + [3.6, 3.6, 3.0, 3.4, 3.51] + [3.0] * 10
+    jumps, episodes = spikes.spikes(bits, after=40, jump=0.5)
+    assert jumps == [51, 52, 55] and episodes == [51, 55]
+    assert spikes.largest_excess(bits, after=40) == pytest.approx(0.6)
+    assert spikes.spikes(bits, after=52, jump=0.5)[0] == [55]
+    calm = spikes.noise_floor(np.full(100, 2.7) + np.linspace(-0.1, 0.1, 100), trials=5)
+    wild = spikes.noise_floor(np.r_[np.full(99, 2.7), 100.0], trials=5)
+    assert calm[0] == 0 and calm[1] == 1.0 and wild[0] > 50, (calm, wild)
