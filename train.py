@@ -169,23 +169,31 @@ def _step(run, x, y, lr):
                        "on one rank alone. %s: rerun with --resume" % (rank, run.backend.size(), failure, step, kept))
 
 
+# Words of the errors a collective op raises when another rank stalled or died (Horovod over Gloo, MPI, NCCL).
+COLLECTIVE_FAILURES = ("Horovod has been shut down", "Gloo", "gloo", "Timed out", "timed out", "Connection", "NCCL")
+
+
 def lost_rank(run, error):
-    """The line for an op error in a run of several ranks, other than a failed step's (_step): a collective op
-    failed because another rank stalled (no answer within the transport's timeout: Gloo's is
-    HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default) or died. Nothing is saved (a step cut short in its allreduce
-    may have updated some weights and not others); the last checkpoint is intact. Every live rank prints this:
-    with several, the ranks missing from these lines are the ones that stalled or died."""
+    """The line for an op error in a run of several ranks, other than a failed step's (_step). A collective op
+    that failed (COLLECTIVE_FAILURES) means another rank stalled (no answer within the transport's timeout: Gloo's
+    is HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default) or died; any other error is this rank's own, and its launcher
+    stops the others. Nothing is saved (a step cut short in its allreduce may have updated some weights and not
+    others); the last checkpoint is intact. Every live rank prints this: the ranks missing from these lines are the
+    ones that stalled or died."""
     rank, size = run.backend.rank(), run.backend.size()
     others = [r for r in range(size) if r != rank]
     who = "rank %d" % others[0] if len(others) == 1 else "one of ranks %s" % ", ".join(map(str, others))
+    if any(words in error.message for words in COLLECTIVE_FAILURES):
+        cause = ("%s stalled or died (a rank that stops answering ends the job after the transport's timeout: "
+                 "Gloo's HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default)" % who)
+    else:
+        cause = "%s (this rank's own error; the launcher stops the others)" % error.message.split("\n")[0][:300]
     latest = checkpoints.latest(os.path.join(run.logdir, "checkpoints")) if run.chief else None
     kept = ("the last checkpoint, %s, is intact: rerun with --resume" % os.path.basename(latest) if latest else
             "the last checkpoint is intact: rerun with --resume" if not run.chief else
             "no checkpoint was written yet: run the command again")
-    return ("rank %d of %d: %s in %s after step %d: %s stalled or died (a rank that stops answering ends the job "
-            "after the transport's timeout: Gloo's HOROVOD_GLOO_TIMEOUT_SECONDS, 30 s by default); %s"
-            % (rank, size, type(error).__name__, getattr(error.op, "name", "a collective op"), run.state.step, who,
-               kept))
+    return "rank %d of %d: %s in %s after step %d: %s; %s" % (
+        rank, size, type(error).__name__, getattr(error.op, "name", "an op"), run.state.step, cause, kept)
 
 
 def recover(run):

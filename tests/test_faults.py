@@ -150,3 +150,23 @@ def test_torn_log_line_is_reported_and_skipped(tmp_path, capsys):
     assert [x for x, _ in plot_logs.read_curve(os.path.join(logdir, "train.txt"), "epoch")] == [1.0, 2.0]
     assert "warning: skipped a line that is not JSON (torn by a crash?): %s:" % os.path.join(
         logdir, "train.txt") in capsys.readouterr().err
+
+
+def test_lost_rank_line_tells_a_collective_failure_from_a_rank_s_own_error(tmp_path):
+    """The line of an op error in a run of several ranks (train.lost_rank): an allreduce that failed because
+    another rank stalled or died names that rank; any other op error (here out of memory) is this rank's own and
+    says so; both name the intact checkpoint and --resume. (The real collective failures: tests/test_horovod.py.)"""
+    import types
+    os.makedirs(str(tmp_path / "checkpoints"))
+    backend = types.SimpleNamespace(rank=lambda: 0, size=lambda: 2)
+    run = types.SimpleNamespace(backend=backend, chief=True, logdir=str(tmp_path), state=types.SimpleNamespace(
+        step=19))
+    shut = tf.errors.UnknownError(None, None, "Horovod has been shut down. This was caused by an exception")
+    oom = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[64,128,16,16]\nmore")
+    assert "after step 19: rank 1 stalled or died" in train.lost_rank(run, shut)
+    line = train.lost_rank(run, oom)
+    assert line.startswith("rank 0 of 2: ResourceExhaustedError in an op after step 19: OOM when allocating")
+    assert "this rank's own error" in line and "stalled" not in line and "more" not in line
+    assert "no checkpoint was written yet" in line
+    run.chief = False
+    assert "the last checkpoint is intact: rerun with --resume" in train.lost_rank(run, shut)
