@@ -281,29 +281,42 @@ def test_missing_horovod_is_a_clear_error(tmp_path, monkeypatch, flags, env, mes
     assert not os.path.exists(tmp_path / "logs")
 
 
-def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, tmp_path):
-    """SIGTERM reaching rank 1 alone (before its 5th step, so it asks at its 6th): both ranks learn it with that
-    step's allreduce, stop after step 6, rank 0 saves there, both exit 130; --resume on 2 ranks then finishes the
-    run from step 6 with continuous logs."""
+def _interrupted_run(runs, tmp_path, fault, **env):
+    """A 2-rank run from the shared checkpoint with the worker's `fault` flags (e.g. ["--signal_at", "1:5"]),
+    extra environment `env`: (the finished process, its --logdir, the launch command). The bound on how long a
+    fault takes to end the job is the subprocess timeout (no timing assert)."""
     python = _horovod_python()
     horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
     logdir, out = str(tmp_path / "logs"), str(tmp_path / "out")
     launch = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo", python, WORKER]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run(launch + ["--out", out, "--signal_at", "1:5", "--"] + TINY + [
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1", **env)
+    proc = subprocess.run(launch + ["--out", out] + fault + ["--"] + TINY + [
         "--restore_path", runs["ckpt"], "--epochs", str(EPOCHS), "--logdir", logdir, "--n_batch_train", str(BATCH)],
         cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
         timeout=300)
-    assert proc.returncode != 0, proc.stdout[-3000:]  # (and within the timeout: the stop is bounded)
-    for rank in range(N_RANKS):
-        assert np.load(os.path.join(out, "rank%d.npz" % rank))["steps"].shape[0] == 6, proc.stdout[-3000:]
-    assert "interrupted: saving a checkpoint at step 6" in proc.stdout
-    assert checkpoints.latest(os.path.join(logdir, "checkpoints")).endswith("model.ckpt-6")
+    return proc, logdir, launch
+
+
+def _resume_finishes(launch, logdir, tmp_path, from_step):
+    """--resume on 2 ranks runs the steps after `from_step` and leaves continuous train lines."""
     assert _run(launch + ["--out", str(tmp_path / "resumed"), "--"] + [
         "--logdir", logdir, "--resume", "--epochs", str(EPOCHS), "--n_batch_train", str(BATCH)], str(tmp_path),
         str(tmp_path / "resume.log"))
-    assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - 6
+    assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - from_step
     assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, N_STEPS // 2), (2, N_STEPS)]
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs, tmp_path):
+    """SIGTERM reaching rank 1 alone (before its 5th step, so it asks at its 6th): both ranks learn it with that
+    step's allreduce, stop after step 6, rank 0 saves there, both exit 130; --resume on 2 ranks then finishes the
+    run from step 6 with continuous logs."""
+    proc, logdir, launch = _interrupted_run(runs, tmp_path, ["--signal_at", "1:5"])
+    assert proc.returncode != 0, proc.stdout[-3000:]  # (and within the timeout: the stop is bounded)
+    for rank in range(N_RANKS):
+        assert np.load(str(tmp_path / "out" / ("rank%d.npz" % rank)))["steps"].shape[0] == 6, proc.stdout[-3000:]
+    assert "interrupted: saving a checkpoint at step 6" in proc.stdout
+    assert checkpoints.latest(os.path.join(logdir, "checkpoints")).endswith("model.ckpt-6")
+    _resume_finishes(launch, logdir, tmp_path, 6)
 
 
 @pytest.mark.parametrize("fault", ["stall_at", "kill_at"])
@@ -313,15 +326,7 @@ def test_a_stalled_or_killed_rank_ends_the_job_naming_it_and_resume_continues(ru
     30 s by default) or the closed connection ends it, then ends with one line that names rank 1 and the intact
     checkpoint of step 16, saving nothing; horovodrun ends the job. --resume on 2 ranks then finishes the run from
     step 16 with continuous logs. The bound is the subprocess timeout (no timing assert)."""
-    python = _horovod_python()
-    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
-    logdir, out = str(tmp_path / "logs"), str(tmp_path / "out")
-    launch = [horovodrun, "-np", str(N_RANKS), "-H", "localhost:%d" % N_RANKS, "--gloo", python, WORKER]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONDONTWRITEBYTECODE="1", HOROVOD_GLOO_TIMEOUT_SECONDS="10")
-    proc = subprocess.run(launch + ["--out", out, "--" + fault, "1:20", "--"] + TINY + [
-        "--restore_path", runs["ckpt"], "--epochs", str(EPOCHS), "--logdir", logdir, "--n_batch_train", str(BATCH)],
-        cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-        timeout=300)
+    proc, logdir, launch = _interrupted_run(runs, tmp_path, ["--" + fault, "1:20"], HOROVOD_GLOO_TIMEOUT_SECONDS="10")
     assert proc.returncode != 0, proc.stdout[-3000:]
     line = [text for text in proc.stdout.splitlines() if "stalled or died" in text]
     assert len(line) == 1 and "rank 0 of 2:" in line[0] and "after step 19: rank 1 stalled or died" in line[0] \
@@ -329,8 +334,4 @@ def test_a_stalled_or_killed_rank_ends_the_job_naming_it_and_resume_continues(ru
     assert "Traceback" not in "\n".join(t for t in proc.stdout.splitlines() if t.startswith("[0]")), \
         proc.stdout[-3000:]  # (horovodrun's own RuntimeError is the launcher's, not rank 0's)
     assert checkpoints.latest(os.path.join(logdir, "checkpoints")).endswith("model.ckpt-16")
-    assert _run(launch + ["--out", str(tmp_path / "resumed"), "--"] + [
-        "--logdir", logdir, "--resume", "--epochs", str(EPOCHS), "--n_batch_train", str(BATCH)], str(tmp_path),
-        str(tmp_path / "resume.log"))
-    assert np.load(os.path.join(str(tmp_path / "resumed"), "rank0.npz"))["steps"].shape[0] == N_STEPS - 16
-    assert [(r["epoch"], r["step"]) for r in _records(logdir, "train.txt")] == [(1, N_STEPS // 2), (2, N_STEPS)]
+    _resume_finishes(launch, logdir, tmp_path, 16)
