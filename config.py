@@ -6,6 +6,7 @@ import math
 import sys
 
 import kernels
+import model as glow_model
 
 PERMUTATION_CODES = {"0": "reverse", "1": "shuffle", "2": "invconv", "3": "invconv_lu"}
 COUPLING_CODES = {"0": "additive", "1": "affine"}
@@ -204,7 +205,7 @@ def check_args(args):
 
 class Config(object):
     """A run's settings: every flag and what `derive_config` derived, read
-    as attributes; read-only once built (a changed copy: `replace`)."""
+    as attributes; read-only once built."""
 
     def __init__(self, fields):
         self.__dict__.update(fields)
@@ -218,28 +219,30 @@ class Config(object):
     def as_dict(self):
         return dict(self.__dict__)
 
-    def replace(self, **changes):
-        return Config(dict(self.__dict__, **changes))
 
-
-# The model flags, each with the field of a run's saved config (checkpoints.saved_config) that holds its effect.
-MODEL_FLAGS = (("n_levels", "n_levels"), ("depth", "depth"), ("width", "width"),
-               ("flow_permutation", "permutation"), ("flow_coupling", "coupling"), ("n_bits_x", "n_bits_x"),
-               ("learntop", "learntop"), ("ycond", "ycond"), ("weight_y", "weight_y"),
-               ("image_size", "image_size"), ("n_channels", "n_channels"))
-# Flags that --resume keeps from the command line (or their defaults), not from the run.
-_NOT_ADOPTED_ON_RESUME = {
-    "resume", "restore_path", "logdir", "data_dir", "data_url", "train_url", "device", "backend", "xla",
-    "precision_mode", "tensorboard", "verbose", "progress_seconds", "max_steps", "epochs", "evaluate", "sample",
-    "inference", "per_image", "n_dequant_draws", "temperature", "given", "unknown_args", "malloc_settings", "kernels",
-    "export", "export_batch"}
+# The flags behind the model's ARCHITECTURE fields (model.py, the one declaration), each with the field of a run's
+# saved config (checkpoints.saved_config) it is checked against: a field is set by the flag of its name, but for
+# openai/glow's names of two and the image shape, which the data gives at --image_size with --n_channels (n_y is the
+# --problem's, adopted with it).
+_FLAGS_OF_FIELD = {"permutation": ("flow_permutation",), "coupling": ("flow_coupling",),
+                   "image_shape": ("image_size", "n_channels"), "n_y": ()}
+MODEL_FLAGS = tuple((flag, field if flag.startswith("flow_") else flag)
+                    for field in glow_model.ARCHITECTURE for flag in _FLAGS_OF_FIELD.get(field, (field,)))
+# The training recipe: a resumed run keeps its run's unless given, and a mode records its run's in its config line.
+RECIPE_FLAGS = ("optimizer", "lr", "beta1", "adam_beta2", "adam_epsilon", "polyak_epochs", "max_grad_norm",
+                "max_grad_value", "weight_decay", "epochs_warmup", "n_train", "train_subset", "n_batch_train",
+                "n_batch_init", "anchor_size", "dal", "seed", "gradient_checkpointing", "loop_steps", "loss_scale",
+                "lr_backoff", "max_nonfinite", "save_every", "epochs_full_valid", "epochs_full_sample")
+# What a resumed run keeps besides: its test set and batch, and the weights its best/ is chosen by. Any other flag
+# (where and how it runs, how long, what it prints) is the command line's.
+RESUME_FLAGS = RECIPE_FLAGS + ("n_test", "n_batch_test", "weights")
 
 
 def adopt_run(args, saved, source):
-    """args with the model flags (and the problem, unless given) of a run's saved config, for --resume,
+    """A new args with the model flags (and the problem, unless given) of a run's saved config, for --resume,
     --restore_path and the modes: they rebuild the model with no model flag. A model flag given that contradicts
-    the run is a ValueError naming both values; with --resume the run's other training flags are its own too,
-    unless given. `source` names the run."""
+    the run is a ValueError naming both values. Unless given, --resume keeps the run's RESUME_FLAGS and a mode its
+    RECIPE_FLAGS (recorded in its config line); --restore_path starts a new recipe. `source` names the run."""
     given, values = set(args.given), dict(vars(args))
     for flag, field in MODEL_FLAGS:
         ours = "invconv_lu" if flag == "flow_permutation" and args.lu else getattr(args, flag)
@@ -249,7 +252,8 @@ def adopt_run(args, saved, source):
                                  % (flag, ours, flag, saved.get(field), source))
         values[flag] = saved.get(field, values[flag])
     values["lu"] = False
-    adopted = ["problem", "category"] + (sorted(set(vars(args)) - _NOT_ADOPTED_ON_RESUME) if args.resume else [])
+    mode = args.inference or args.evaluate or args.sample
+    adopted = ("problem", "category") + (RESUME_FLAGS if args.resume else RECIPE_FLAGS if mode else ())
     values.update((flag, saved[flag]) for flag in adopted if flag not in given and flag in saved)
     return argparse.Namespace(**values)
 
@@ -269,10 +273,11 @@ def from_flags(image_shape, n_y, n_train, n_test, n_ranks=1, **flags):
     return derive_config(args, image_shape, n_y, n_train, n_test, n_ranks)
 
 
-def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
-    """One validated, read-only Config from the flags, the data's facts (n_train, n_test: the images of its splits)
-    and the ranks. An epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks)) steps of the streamed
-    data, whatever its size; n_processed counts --anchor_size images.
+def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks, **settled):
+    """One validated, read-only Config from the flags, the data's facts (n_train, n_test: the images of its splits),
+    the ranks and what the program `settled` before (e.g. logdir, made absolute; these replace the flags'). An
+    epoch is openai/glow's: ceil(--n_train / (--n_batch_train x ranks)) steps of the streamed data, whatever its
+    size; n_processed counts --anchor_size images.
 
     Batch sizes are given at --anchor_size and scaled by the pixel count, so memory per step stays about the same
     (openai/glow's lookup table raised KeyError off its sizes; any size that leaves one image works)."""
@@ -299,7 +304,8 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks):
         raise ValueError("%d step(s) per epoch x --polyak_epochs %g: beta2 = 1 - 1/(steps*polyak_epochs) needs "
                          "more than one step to average over; use more data or a larger --polyak_epochs"
                          % (train_its, args.polyak_epochs))
-    cfg = dict(vars(args), local_batch_train=batch["train"], local_batch_init=batch["init"],
+    cfg = dict(vars(args), **settled)
+    cfg.update(local_batch_train=batch["train"], local_batch_init=batch["init"],
                # At least one test image: it changes no result (openai/glow took 1
                # at 256 px, where the paper's CelebA command gives 50 x 32^2/256^2 < 1).
                local_batch_test=max(1, batch["test"]), images_per_step=batch["train"] * n_ranks)

@@ -110,12 +110,12 @@ class Evaluator(object):
         return prefix, self.weights.restore(self.sess, prefix)
 
     def eval_per_image(self, batches, first_index=0, n_draws=1, weights="raw"):
-        """Per-image STATS [4, n] of `batches` (their first image is test image `first_index`) with the
-        `weights`, each the mean over n_draws dequantisation draws (the same for both weightings)."""
+        """Per-image statistics {name in STATS: [n]} of `batches` (their first image is test image `first_index`)
+        with the `weights`, each the mean over n_draws dequantisation draws (the same for both weightings)."""
         return self.eval_weightings(batches, first_index, n_draws, (weights,))[weights]
 
     def eval_weightings(self, batches, first_index=0, n_draws=1, weightings=WEIGHTS):
-        """eval_per_image for each of `weightings` in one pass over `batches`: {weights: STATS [4, n]}. Each
+        """eval_per_image for each of `weightings` in one pass over `batches`: {weights: {name: [n]}}. Each
         batch is fed, and its noise drawn, once for all of them."""
         use_polyak = [(w, _use_polyak(w)) for w in weightings]
         out, index = dict((w, [np.zeros((len(STATS), 0))]) for w in weightings), first_index
@@ -126,16 +126,18 @@ class Evaluator(object):
                 draws = [self._run(self.eval_per_example, dict(f), polyak, self.cfg.local_batch_test) for f in feeds]
                 out[w].append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
             index += len(x)
-        return dict((w, np.concatenate(parts, axis=1)) for w, parts in out.items())
+        return dict((w, dict(zip(STATS, np.concatenate(parts, axis=1)))) for w, parts in out.items())
 
     def gather(self, local, start, n_total):
-        """Every rank's `local` [k, n_r] at its columns start_r.. of one [k,
-        n_total] array on every rank (a summing allreduce of zero-padded rows)."""
-        full = np.zeros((local.shape[0], n_total), np.float32)
-        full[:, start:start + local.shape[1]] = local
-        if self.backend.size() == 1:
-            return full
-        return self.sess.run(self.gather_out, {self.gather_in: full.ravel()}).reshape(full.shape)
+        """Every rank's per-image statistics `local` {name: [n_r]} at its images start_r.. of one {name: [n_total]}
+        on every rank (a summing allreduce of zero-padded rows)."""
+        names = sorted(local)
+        full = np.zeros((len(names), n_total), np.float32)
+        for row, name in zip(full, names):
+            row[start:start + len(local[name])] = local[name]
+        if self.backend.size() > 1:
+            full = self.sess.run(self.gather_out, {self.gather_in: full.ravel()}).reshape(full.shape)
+        return dict(zip(names, full))
 
     def sample(self, y, temperatures, weights="raw"):
         """Images for labels y [B] at per-image temperatures [B]; any B."""

@@ -239,7 +239,7 @@ class Glow(object):
     def init_op(self, x_uint8, y):
         """Data-dependent initialisation (paper 3.1): one pass over a batch that sets every actnorm's bias and
         scale from its activations. Run it once, after the variable initialisers."""
-        with tfops.arg_scope([tfops.get_variable_ddi], init=True):
+        with tfops.data_dependent_init():
             return tf.reduce_mean(self.losses(x_uint8, y)["loss"])
 
     def sample(self, y, temperature=1.0, custom_getter=None):

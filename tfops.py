@@ -9,7 +9,6 @@ objective under a prior), and its signatures say so. Variables take z's dtype (f
 Jacobian tests). Variable scope names are checkpoint keys: never change them.
 """
 import contextlib
-import functools
 import threading
 import zlib
 
@@ -19,42 +18,26 @@ import tensorflow.compat.v1 as tf
 
 import kernels as kernels_lib
 
-# -- arg_scope (TF 2.x has no tf.contrib): default keyword arguments for decorated functions, by context --
+# -- the data-dependent init pass (paper 3.1) -------------------------------------------
 
-_scopes = threading.local()
-
-
-def _arg_scopes():
-    """This thread's stack of {function: default kwargs} frames."""
-    if not hasattr(_scopes, "stack"):
-        _scopes.stack = [{}]
-    return _scopes.stack
-
-
-def add_arg_scope(func):
-    """Let `arg_scope([func], key=value)` supply default keyword arguments; those given at the call site win."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        return func(*args, **dict(_arg_scopes()[-1].get(wrapper, {}), **kwargs))
-
-    wrapper.arg_scope_enabled = True
-    return wrapper
+_init_pass = threading.local()
 
 
 @contextlib.contextmanager
-def arg_scope(funcs, **kwargs):
-    """Within the block, every function in `funcs` gets `kwargs` as defaults."""
-    frame = dict(_arg_scopes()[-1])
-    for f in funcs:
-        if not getattr(f, "arg_scope_enabled", False):
-            raise ValueError("arg_scope: %r is not decorated with @add_arg_scope" % (f,))
-        frame[f] = dict(frame.get(f, {}), **kwargs)
-    _arg_scopes().append(frame)
+def data_dependent_init():
+    """Within the block, actnorm layers being built return their data-dependent initial values (and assign
+    them) instead of their variables: the graph of the init pass."""
+    before = in_ddi_init()
+    _init_pass.on = True
     try:
         yield
     finally:
-        _arg_scopes().pop()
+        _init_pass.on = before
+
+
+def in_ddi_init():
+    """True inside `data_dependent_init()`."""
+    return getattr(_init_pass, "on", False)
 
 
 # -- shapes and variables --------------------------------------------------------
@@ -94,20 +77,15 @@ class DataDependent(Zeros):
     them for custom getters: looped.py's returns an object whose `assign` collects a loop iteration's values."""
 
 
-@add_arg_scope
-def get_variable_ddi(name, shape, initial_value, dtype, init=False, trainable=True):
-    """`tf.get_variable`, or with `init=True` (the init pass) a tensor that first assigns `initial_value`."""
+def get_variable_ddi(name, shape, initial_value, dtype, trainable=True):
+    """`tf.get_variable`, or in the init pass (`data_dependent_init()`) a tensor that first assigns
+    `initial_value`."""
     w = tf.get_variable(name, shape, dtype, initializer=DataDependent(), trainable=trainable)
-    if not init:
+    if not in_ddi_init():
         return w
     assigned = w.assign(tf.reshape(tf.cast(initial_value, dtype), shape))
     with tf.control_dependencies([assigned]):
         return tf.identity(assigned)
-
-
-def in_ddi_init():
-    """True inside `arg_scope([get_variable_ddi], init=True)`: the data-dependent init pass."""
-    return bool(_arg_scopes()[-1].get(get_variable_ddi, {}).get("init", False))
 
 
 # -- actnorm (paper 3.1) -------------------------------------------------------------

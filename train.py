@@ -112,7 +112,7 @@ class Run(object):
 
 def train_one_epoch(run, epoch, skip=0):
     """cfg.train_its steps of this rank's batch stream, less the `skip` done
-    before an interruption. Returns (mean STATS of the applied steps, images/s)."""
+    before an interruption. Returns (the applied steps' mean {name in STATS: value}, images/s)."""
     cfg, state = run.cfg, run.state
     results, n_bad, first_step, t0 = [], 0, state.step, time.time()
     progress = utils.Progress(cfg.train_its, "epoch %d" % epoch, cfg.images_per_step, initial=skip,
@@ -137,20 +137,21 @@ def train_one_epoch(run, epoch, skip=0):
                     recover(run)
                     n_bad = 0
             if cfg.verbose:
-                run.say(state.step, "lr %.6f" % lr, stats, "grad_norm %.4g" % run.graphs.grad_norm)
-            progress.update(i + 1, stats[evaluator.STATS.index("bits_x")] if applied else None)
+                run.say(state.step, "lr %.6f" % lr, np.array([stats[k] for k in evaluator.STATS], np.float32),
+                        "grad_norm %.4g" % run.graphs.grad_norm)
+            progress.update(i + 1, stats["bits_x"] if applied else None)
             if cfg.max_steps and state.step >= cfg.max_steps:
                 break
             run.stop.check(run.graphs.stop_agreed)
     finally:
         batches.close()  # its prefetch thread stops now, also on an error (a traceback would keep it)
         progress.close()
-    mean = np.mean(results, axis=0) if results else np.full(len(evaluator.STATS), np.nan)
+    mean = dict((k, float(np.mean([r[k] for r in results])) if results else float("nan")) for k in evaluator.STATS)
     return mean, (state.step - first_step) * cfg.images_per_step / max(time.time() - t0, 1e-9)
 
 
 def _step(run, x, y, lr):
-    """One step: (applied, its mean STATS, why not applied). An op error ("Input is not invertible": a singular
+    """One step: (applied, its means {name: value}, why not applied). An op error ("Input is not invertible": a singular
     1x1 conv) applied nothing: with one rank a skipped step; with several, the others are in this step's
     allreduce, so skipping would pair this rank's next step with their current one: it stops (rank 0 first saves;
     its launcher stops the rest)."""
@@ -211,7 +212,7 @@ def recover(run):
 
 def evaluate(run, n_draws=1):
     """The whole test set (each rank its share) with both weightings: (its
-    test_line, {"raw", "polyak"}: STATS [4, n_test] in test-set order)."""
+    test_line, {"raw", "polyak"}: {name in STATS: [n_test]} in test-set order)."""
     tr, start = run.graphs, run.data.test_range()[0]
     local = tr.eval_weightings(run.data.test_batches(run.cfg.local_batch_test), start, n_draws, evaluator.WEIGHTS)
     per_image = dict((w, tr.gather(stats, start, run.data.n_test)) for w, stats in local.items())
@@ -219,14 +220,14 @@ def evaluate(run, n_draws=1):
 
 
 def test_line(per_image):
-    """test.txt's line from per-image STATS: the means under openai/glow's keys (raw weights; + "_polyak": their
+    """test.txt's line from per-image statistics: the means under openai/glow's keys (raw weights; + "_polyak": their
     average), the medians, and the raw weights' N_WORST worst images as [test index, bits/dim]."""
-    line, bits = {}, evaluator.STATS.index("bits_x")
+    line = {}
     for weights, suffix in (("raw", ""), ("polyak", "_polyak")):
-        stats = per_image[weights].astype(np.float64)
-        line.update(("%s%s" % (k, suffix), float(v)) for k, v in zip(evaluator.STATS, stats.mean(axis=1)))
-        line["median_bits_x" + suffix] = float(np.median(stats[bits]))
-    raw = per_image["raw"][bits].astype(np.float64)
+        stats = per_image[weights]
+        line.update(("%s%s" % (k, suffix), float(np.mean(stats[k], dtype=np.float64))) for k in evaluator.STATS)
+        line["median_bits_x" + suffix] = float(np.median(stats["bits_x"].astype(np.float64)))
+    raw = per_image["raw"]["bits_x"].astype(np.float64)
     worst = np.argsort(-np.where(np.isnan(raw), np.inf, raw), kind="stable")[:N_WORST]
     line.update(n_images=int(raw.size), worst_images=[[int(i), float(raw[i])] for i in worst])
     return line
@@ -276,12 +277,11 @@ def train(run):
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         run.stop.check(run.graphs.agree_stop(run.stop.requested()))
         t0, step_before = time.time(), state.step
-        mean, ips = train_one_epoch(run, epoch, skip)
+        stats, ips = train_one_epoch(run, epoch, skip)
         # An epoch cut short by --max_steps is not done: a resumed run finishes it.
         partial, skip = skip + state.step - step_before < cfg.train_its, 0
         if not partial:
             state.epoch = epoch
-        stats = dict(zip(evaluator.STATS, mean.tolist()))
         lr = config.lr_at(cfg, state.n_processed) * state.lr_scale
         run.log("train", dict(stats, images_per_s=ips, lr=lr), epoch=epoch, n_processed=state.n_processed,
                 step=state.step, ips=ips, lr=lr, n_skipped=run.graphs.n_skipped(),
@@ -291,8 +291,7 @@ def train(run):
             t_eval = time.time()
             test, per_image = evaluate(run)
             test["eval_seconds"] = round(time.time() - t_eval, 2)  # both weightings, the whole test set
-            run.summarize(utils.histogram_summary("test/bits_x_per_image", per_image["raw"][
-                evaluator.STATS.index("bits_x")]))
+            run.summarize(utils.histogram_summary("test/bits_x_per_image", per_image["raw"]["bits_x"]))
             run.log("test", dict((k, v) for k, v in test.items() if k != "worst_images"), epoch=epoch,
                     n_processed=state.n_processed, step=state.step, **test)
             sample_weights = better_weights(test)
@@ -377,9 +376,8 @@ def run_evaluate(run):
 
 def write_per_image(path, per_image, n_draws):
     """CSV, a row per test image in order: index, bits/dim with raw and Polyak weights."""
-    bits = evaluator.STATS.index("bits_x")
     rows = ["%d,%.6f,%.6f,%d" % (i, raw, avg, n_draws)
-            for i, (raw, avg) in enumerate(zip(per_image["raw"][bits], per_image["polyak"][bits]))]
+            for i, (raw, avg) in enumerate(zip(per_image["raw"]["bits_x"], per_image["polyak"]["bits_x"]))]
     text = "\n".join(["index,bits_x,bits_x_polyak,n_dequant_draws"] + rows) + "\n"
     utils.atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -485,7 +483,7 @@ def main(argv=None):
         return run_export(args, prefix, saved)
     if saved is not None:
         args = config.adopt_run(args, saved, prefix)
-    args.malloc_settings = runtime.tune_malloc()  # process-wide, before the graph allocates
+    malloc_settings = runtime.tune_malloc()  # process-wide, before the graph allocates
     backend = runtime.make_backend(runtime.detect_backend(args.backend, args.device), args.device)
     run = None
     try:
@@ -493,9 +491,9 @@ def main(argv=None):
         facts = (saved["image_shape"], saved["n_y"], saved["n_train_images"], saved["n_test"]) if (
             args.sample and saved is not None) else None
         data = None if facts else load_data(args, backend)
-        args.logdir = prepare_logdir(args.logdir, fresh_run=not (args.resume or _mode(args)))
+        logdir = prepare_logdir(args.logdir, fresh_run=not (args.resume or _mode(args)))
         cfg = config.derive_config(args, *(facts or (data.image_shape, data.n_y, data.n_train, data.n_test)),
-                                   n_ranks=backend.size())
+                                   n_ranks=backend.size(), logdir=logdir, malloc_settings=malloc_settings)
         # A mode uses the model only: no gradients, no optimizer (a checkpoint's optimizer state is left out).
         graphs = (evaluator.Evaluator if _mode(args) else trainer_lib.Trainer)(cfg, backend, lambda graph: (
             runtime.make_session(cfg.device, backend, precision_mode=cfg.precision_mode, xla=cfg.xla, graph=graph)))

@@ -91,7 +91,8 @@ class Trainer(evaluator.Evaluator):
         return self.checkpoints.save(self.sess, logdir, state, best)
 
     def train_step(self, x, y, lr, loss_scale=1.0, stop=False):
-        """One step at learning rate `lr`. Returns (applied, the batch's mean STATS); `grad_norm` is then the
+        """One step at learning rate `lr`. Returns (applied, the batch's means {name in STATS: float});
+        `grad_norm` is then the
         step's gradient norm (before clipping), and `stop_agreed` whether this rank or another asked to stop
         (`stop`) at this step: the same on every rank."""
         self.grad_norm, self.stop_agreed = float("nan"), bool(stop)  # until this step's are known
@@ -99,7 +100,7 @@ class Trainer(evaluator.Evaluator):
             [self.opt.train_op, self.opt.grads_finite, self.train_stats, self.opt.grad_norm, self.stop_any],
             {self.x: x, self.y: y, self.lr: lr, self.loss_scale: loss_scale, self.stop_in: float(stop)})
         self.stop_agreed = bool(stop_any > 0)
-        return bool(applied), stats
+        return bool(applied), dict(zip(evaluator.STATS, stats.tolist()))
 
     def agree_stop(self, stop):
         """Whether any rank asks to stop (`stop`: this rank's wish), the same answer on every rank; every rank

@@ -86,13 +86,6 @@ class ResultLogger(object):
             f, self._file = self._file, None
             f.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
 
 def read_jsonl(path, skip_invalid=False, skipped=None):
     """The JSON objects of a JSON-lines file, in order, blank lines ignored; the NaN/Infinity that json.dumps

@@ -318,4 +318,5 @@ def train_batches(problem, data_dir, dal, batch):
     augmentation level `dal`, prepared by its background thread."""
     import data_loaders
 
-    return data_loaders.get_data(problem, data_dir=data_dir, dal=dal).train_batches(batch, 1)
+    data = data_loaders.get_data(problem, data_dir=data_dir, dal=dal)
+    return data.train_stream(batch, 0, (data.n_train // data.size) // batch)

@@ -33,18 +33,11 @@ class Data(object):
         """(start, stop): this rank's contiguous share of the test split."""
         return self.rank * self.n_test // self.size, (self.rank + 1) * self.n_test // self.size
 
-    def train_batches(self, batch_size, epoch):
-        """Yield (x uint8 [B, H, W, C], y int32 [B]): the full batches of pass number `epoch` over
-        this rank's share of the training set, shuffled from (seed, epoch) and augmented."""
-        self._steps_per_pass(batch_size)
-        epoch = check_int(epoch, "epoch", 0)
-        return prefetched(lambda: self._pass(batch_size, epoch, 0))
-
     def train_stream(self, batch_size, first, count):
-        """Yield `count` batches of this rank's endless stream, train_batches(batch_size, pass) for
-        passes 1, 2, 3, ... end to end, from its batch `first` (0-based) on: a stretch is the same
-        whatever came before, so a resumed run gets the batches it would have got.  openai/glow's
-        epoch (--n_train images) is such a stretch, not a pass."""
+        """Yield `count` batches (x uint8 [B, H, W, C], y int32 [B]) of this rank's endless stream: passes 1, 2,
+        3, ... over its share of the training set, each shuffled from (seed, pass) and augmented, end to end, from
+        its batch `first` (0-based) on. A stretch is the same whatever came before, so a resumed run gets the
+        batches it would have got. openai/glow's epoch (--n_train images) is such a stretch, not a pass."""
         per_pass = self._steps_per_pass(batch_size)
         n_pass, skip = divmod(check_int(first, "first", 0), per_pass)
         count = check_int(count, "count", 0)

@@ -9,8 +9,9 @@ An implementation independent of the TF graph (tests/test_density_terms.py
 checks that the two agree): the paper's math (Kingma & Dhariwal 2018) with
 openai/glow's conventions as tfops.py implements them, written again here:
 none of its math comes from tfops or model (it imports checkpoints for the
-run config and, with --noise eval, evaluator for that noise alone; they pull
-model in, unused). TensorFlow only reads the checkpoint. It
+run config, model for the list of what defines the architecture
+(model.ARCHITECTURE) and, with --noise eval, evaluator for that noise alone).
+TensorFlow only reads the checkpoint. It
 tells whether an image's tiny density is the model's or a float32 defect of
 the graph, and which level's terms run away. Images sit at their bin centres,
 or with `--noise eval` take the dequantisation noise of train.py's evaluation.
@@ -25,8 +26,6 @@ import tensorflow.compat.v1 as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGSCALE = 3.0  # actnorm and zero-conv log-scales are stored divided by 3 (openai/glow)
-ARCH_KEYS = ("image_shape", "n_levels", "depth", "width", "permutation", "coupling", "learntop", "ycond", "n_y",
-             "n_bits_x")
 
 
 def load_run(prefix):
@@ -34,10 +33,11 @@ def load_run(prefix):
     or its run folder's train.txt config line for older checkpoints)."""
     sys.path.insert(0, ROOT)
     import checkpoints
+    import model
     cfg = checkpoints.saved_config(prefix)
     if cfg is None:
         raise ValueError("%s: carries no run config (nor is there a train.txt in its run folder)" % prefix)
-    missing = [k for k in ARCH_KEYS if k not in cfg]
+    missing = [k for k in model.ARCHITECTURE if k not in cfg]
     if missing:
         raise ValueError("%s: the run config lacks %s" % (prefix, ", ".join(missing)))
     return cfg

@@ -2,13 +2,13 @@
 """Plot bits/dim curves from train.py's JSON-lines logs: training, and test
 with the raw weights (the paper's figure) and with their Polyak average.
 
-    python scripts/plot_logs.py LOGDIR [--out curve.png] [--x epoch|n_processed|step] [--max_bits B]
+    python scripts/plot_logs.py LOGDIR [--out curve.png|.svg|.pdf] [--x epoch|n_processed|step] [--max_bits B]
 
-Drawn with Pillow only (no plotting library needed on either stack). Lines
-that mark a resumed run are skipped, so a resumed run continues the curve.
-No point is left out: one above the plotted range (--max_bits, or chosen
-when a few points are far above the rest) or not finite is drawn as a
-triangle on the top edge with its value written beside it.
+Drawn with matplotlib's non-interactive backend; the file's name picks the
+format (PNG by default). Lines that mark a resumed run are skipped, so a
+resumed run continues the curve. No point is left out: one above the plotted
+range (--max_bits, or chosen when a few points are far above the rest) or not
+finite is drawn as a triangle on the top edge with its value written beside it.
 """
 import argparse
 import io
@@ -16,7 +16,10 @@ import math
 import os
 import sys
 
-from PIL import Image, ImageDraw
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,9 +27,9 @@ import utils  # noqa: E402
 
 # name: (log file, key, colour, legend)
 CURVES = {
-    "train": ("train.txt", "bits_x", (31, 119, 180), "train"),
-    "test": ("test.txt", "bits_x", (214, 39, 40), "test, raw weights"),
-    "test polyak": ("test.txt", "bits_x_polyak", (255, 127, 14), "test, Polyak average"),
+    "train": ("train.txt", "bits_x", "tab:blue", "train"),
+    "test": ("test.txt", "bits_x", "tab:red", "test, raw weights"),
+    "test polyak": ("test.txt", "bits_x_polyak", "tab:orange", "test, Polyak average"),
 }
 
 
@@ -61,80 +64,57 @@ def auto_top(ys):
     return ys[-1]
 
 
-def ticks(lo, hi, n=5):
-    step = (hi - lo) / n if hi > lo else 1.0
-    magnitude = 10 ** math.floor(math.log10(step))
-    step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= step), default=step)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step) + 1)]
-
-
-def plot(curves, out, x_label, title, top=None, size=(800, 500)):
-    """curves: {name: [(x, y), ...]} -> PNG at `out`. Points above `top`
-    (default: auto_top) or not finite sit on the top edge with their value
-    written. Returns those as [(name, x, y)]."""
+def plot(curves, out, x_label, title, top=None, size=(8, 5)):
+    """curves: {name: [(x, y), ...]} -> a figure at `out` (PNG, or SVG/PDF by its name). Points above `top`
+    (default: auto_top) or not finite sit on the top edge as triangles with their value written. Returns those
+    as [(name, x, y)]."""
     all_points = [p for pts in curves.values() for p in pts]
     if not all_points:
         raise ValueError("no bits_x values to plot")
-    xs, ys = zip(*all_points)
-    top = auto_top(ys) if top is None else top
-    shown = [y for y in ys if math.isfinite(y) and y <= top]
-    x0, x1 = min(xs), max(xs)
+    top = auto_top([y for _, y in all_points]) if top is None else top
+    shown = [y for _, y in all_points if math.isfinite(y) and y <= top]
     y0 = min(shown) if shown else top - 1.0
-    y1 = top if len(shown) < len(ys) else max(shown)
-    if x1 == x0:
-        x1 = x0 + 1
+    y1 = top if len(shown) < len(all_points) else max(shown)
     pad = 0.05 * (y1 - y0 or 1.0)
-    y0, y1 = y0 - pad, y1 + pad
-    w, h = size
-    left, right, top_px, bottom = 70, 20, 40, 50
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (w - left - right),
-                h - bottom - (y - y0) / (y1 - y0) * (h - top_px - bottom))
-
-    d.rectangle([left, top_px, w - right, h - bottom], outline="black")
-    for ty in ticks(y0, y1):
-        _, yy = px(x0, ty)
-        d.line([left - 4, yy, w - right, yy], fill=(225, 225, 225))
-        d.text((5, yy - 6), "%.2f" % ty, fill="black")
-    for tx in ticks(x0, x1):
-        xx, _ = px(tx, y0)
-        d.line([xx, h - bottom, xx, h - bottom + 4], fill="black")
-        d.text((xx - 12, h - bottom + 8), "%g" % tx, fill="black")
-    d.text((w // 2 - 30, h - 18), x_label, fill="black")
-    d.text((left, 12), title, fill="black")
+    fig, ax = plt.subplots(figsize=size)
     off_scale = []
-    for i, name in enumerate(sorted(curves)):
-        colour, legend = CURVES[name][2:] if name in CURVES else ((0, 0, 0), name)
-        inside = [math.isfinite(y) and y <= top for _, y in curves[name]]
-        drawn = [px(x, y if ok else y1) for (x, y), ok in zip(curves[name], inside)]
-        if len(drawn) > 1:
-            d.line(drawn, fill=colour, width=2)
-        for (x, y), ok, (cx, cy) in zip(curves[name], inside, drawn):
-            if ok:
-                d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+    for name in sorted(curves):
+        colour, legend = CURVES[name][2:] if name in CURVES else ("black", name)
+        xs = [x for x, _ in curves[name]]
+        ys = [y if math.isfinite(y) and y <= top else y1 for _, y in curves[name]]
+        ax.plot(xs, ys, "-", color=colour, label="%s bits/dim" % legend)
+        for x, y in curves[name]:
+            if math.isfinite(y) and y <= top:
+                ax.plot([x], [y], "o", color=colour, markersize=4)
                 continue
-            d.polygon([(cx, cy - 6), (cx - 5, cy + 3), (cx + 5, cy + 3)], outline=colour)
-            d.text((cx + 6, cy + 4 + 12 * (len(off_scale) % 3)), "%.4g" % y, fill=colour)
+            ax.plot([x], [y1], "^", color=colour, markerfacecolor="none", markersize=9)
+            ax.annotate("%.4g" % y, (x, y1), xytext=(6, -12 - 10 * (len(off_scale) % 3)),
+                        textcoords="offset points", color=colour, fontsize=8)
             off_scale.append((name, x, y))
-        d.text((w - right - 190, top_px + 10 + 16 * i), "%s bits/dim" % legend, fill=colour)
-    utils.atomic_write_bytes(out, png_bytes(img))
+    ax.set_ylim(y0 - pad, y1 + pad)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("bits/dim")
+    ax.set_title(title)
+    ax.grid(True, color="0.9")
+    ax.legend(loc="best")
+    save_figure(fig, out)
     return off_scale
 
 
-def png_bytes(img):
+def save_figure(fig, path):
+    """Write a matplotlib figure to `path` atomically (a reader never sees half a file), in the format its
+    extension names (.png, .svg, .pdf; PNG otherwise), and close it."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    fig.savefig(buf, format=ext if ext in ("png", "svg", "pdf") else "png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    utils.atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("logdir")
-    p.add_argument("--out", default=None, help="PNG path (default: LOGDIR/bits_per_dim.png)")
+    p.add_argument("--out", default=None, help="the figure: .png, .svg or .pdf (default: LOGDIR/bits_per_dim.png)")
     p.add_argument("--x", default="epoch", choices=["epoch", "n_processed", "step"])
     p.add_argument("--title", default=None)
     p.add_argument("--curves", default=",".join(CURVES), help="comma-separated, of: %s" % ", ".join(CURVES))

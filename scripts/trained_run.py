@@ -84,8 +84,7 @@ class TrainedRun(object):
         image i's in train.py --evaluate, so a problem's test split gives --evaluate's figures."""
         batches = ((x[i:i + self.cfg.local_batch_test], y[i:i + self.cfg.local_batch_test])
                    for i in range(0, len(x), self.cfg.local_batch_test))
-        stats = self.model.eval_per_image(batches, 0, n_draws, self.weights)
-        return stats[evaluator.STATS.index("bits_x")]
+        return self.model.eval_per_image(batches, 0, n_draws, self.weights)["bits_x"]
 
     def encode(self, x, y):
         return self.model.encode(x, y, self.weights)

@@ -37,6 +37,12 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
+def one_pass(data, batch_size, n_pass=1):
+    """Pass number n_pass (from 1) over this rank's share of the training set: its stretch of train_stream."""
+    per_pass = (data.n_train // data.size) // batch_size
+    return data.train_stream(batch_size, (n_pass - 1) * per_pass, per_pass)
+
+
 def all_batches(batches):
     xs, ys = zip(*list(batches))
     return np.concatenate(xs), np.concatenate(ys)
@@ -85,7 +91,7 @@ def test_idx_read_back_padded_pixel_exact(isolated, gz):
     assert x.dtype == np.uint8 and y.dtype == np.int32
     np.testing.assert_array_equal(x, padded(a["x_test"]))
     np.testing.assert_array_equal(y, a["y_test"])
-    x, y = all_batches(data.train_batches(8, epoch=0))  # 40 = 5 full batches, none dropped
+    x, y = all_batches(one_pass(data, 8))  # 40 = 5 full batches, none dropped
     order = np.argsort([img.tobytes() for img in x])
     want = padded(a["x_train"])
     want_order = np.argsort([img.tobytes() for img in want])
@@ -258,7 +264,7 @@ def assert_cifar_read_back(data, arrays):
     x, y = all_batches(data.test_batches(3))
     np.testing.assert_array_equal(x, chw_to_hwc(arrays[5][0]))
     np.testing.assert_array_equal(y, arrays[5][1])
-    x, y = all_batches(data.train_batches(5, epoch=2))
+    x, y = all_batches(one_pass(data, 5, 2))
     assert rows(x) == rows(np.concatenate([chw_to_hwc(d) for d, _ in arrays[:5]]))
 
 
@@ -373,7 +379,7 @@ def test_imagenet32_npz_pixel_exact_and_labels_zero_based(isolated):
     x, y = all_batches(data.test_batches(2))
     np.testing.assert_array_equal(x, vd.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(y, vl - 1)
-    x, y = all_batches(data.train_batches(6, epoch=0))
+    x, y = all_batches(one_pass(data, 6))
     want = np.concatenate([d for d, _ in train]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     assert rows(x) == rows(want)
 
@@ -444,7 +450,7 @@ def test_tfrecords_pixel_exact_and_sharded(isolated):
     seen = []
     for rank in range(3):
         d = get_data("celeba", data_dir=str(isolated / "celeba"), image_size=8, rank=rank, size=3)
-        got = list(d.train_batches(2, epoch=1))
+        got = list(one_pass(d, 2, 1))
         assert len(got) == 2  # 16 // 3 = 5 per rank -> 2 full batches each
         seen += [img.tobytes() for x, _ in got for img in x]
     assert len(seen) == len(set(seen)) == 12 and set(seen) <= rows(want["train"][0])
@@ -465,7 +471,7 @@ def test_lsun_realnvp_crops_larger_records(isolated):
     data = get_data("lsun_realnvp", data_dir=str(isolated / "lr"), image_size=8)
     x, _ = all_batches(data.test_batches(10))
     np.testing.assert_array_equal(x, want["validation"][0][:, 2:10, 1:9])  # centre crop
-    x, _ = all_batches(data.train_batches(4, epoch=0))
+    x, _ = all_batches(one_pass(data, 4))
     assert x.shape == (16, 8, 8, 3)
 
 
@@ -489,7 +495,7 @@ def test_tfrecords_bad_label_surfaces_from_the_prefetch_thread(isolated):
     write_glow_tfr(isolated / "c", n_y=3)  # labels up to 2, but celeba has n_y 1
     data = get_data("celeba", data_dir=str(isolated / "c"), image_size=8)
     with pytest.raises(DataError, match=r"tfrecords record \d+: label [12] out of range 0..0"):
-        list(data.train_batches(2, epoch=0))
+        list(one_pass(data, 2))
 
 
 def test_tfrecords_missing_shard_and_truncated_file(isolated):
@@ -531,7 +537,7 @@ def test_folder_classes_split_and_pixels(isolated):
         want, label = images[str(isolated / "f" / name / "09.png")]
         np.testing.assert_array_equal(x[k], want)
         assert y[k] == label
-    x, y = all_batches(data.train_batches(11, epoch=0))
+    x, y = all_batches(one_pass(data, 11))
     train = [(img, c) for p, (img, c) in images.items() if not p.endswith("09.png")]
     assert rows(x) == rows([img for img, _ in train])
 
@@ -571,7 +577,7 @@ def test_sharding_is_disjoint_and_complete(isolated, size):
     ranks = [get_data("mnist", data_dir=str(isolated / "m"), dal=0, rank=r, size=size)
              for r in range(size)]
     batch = 4
-    train = [list(d.train_batches(batch, epoch=5)) for d in ranks]
+    train = [list(one_pass(d, batch, 5)) for d in ranks]
     assert len(set(len(t) for t in train)) == 1  # every rank steps the same number of times
     seen = [img.tobytes() for t in train for x, _ in t for img in x]
     assert len(seen) == len(set(seen)) == size * ((50 // size) // batch) * batch
@@ -585,7 +591,7 @@ def test_train_order_deterministic_per_seed_and_epoch(isolated):
 
     def labels_and_pixels(seed, epoch, dal):
         d = get_data("mnist", data_dir=str(isolated / "m"), seed=seed, dal=dal)
-        return all_batches(d.train_batches(8, epoch=epoch))
+        return all_batches(one_pass(d, 8, epoch))
 
     a, b = labels_and_pixels(0, 1, 1), labels_and_pixels(0, 1, 1)
     np.testing.assert_array_equal(a[0], b[0])
@@ -601,13 +607,13 @@ def test_train_stream_runs_across_passes_and_resumes_exactly(isolated):
     write_idx_dir(isolated / "m", n_train=50)
     d = get_data("mnist", data_dir=str(isolated / "m"), seed=4, dal=1, rank=1, size=2)
     per_pass = 6  # 25 images per rank: 6 batches, 1 image dropped
-    assert len(list(d.train_batches(4, epoch=1))) == per_pass
+    assert len(list(one_pass(d, 4, 1))) == per_pass
     whole = list(d.train_stream(4, 0, 3 * per_pass + 2))
     assert len(whole) == 3 * per_pass + 2
     for n_pass in (1, 2, 3):  # the stream is the passes end to end
         stretch = whole[(n_pass - 1) * per_pass:n_pass * per_pass]
         np.testing.assert_array_equal(np.concatenate([x for x, _ in stretch]),
-                                      all_batches(d.train_batches(4, epoch=n_pass))[0])
+                                      all_batches(one_pass(d, 4, n_pass))[0])
     for first, count in ((0, 4), (4, 5), (7, 11), (12, 8)):  # e.g. a run resumed at step `first`
         part = list(d.train_stream(4, first, count))
         assert len(part) == count
@@ -639,7 +645,7 @@ def prefetch_threads():
 def test_closing_generator_early_stops_the_thread(isolated):
     write_idx_dir(isolated / "m", n_train=200)
     data = get_data("mnist", data_dir=str(isolated / "m"))
-    batches = data.train_batches(2, epoch=0)
+    batches = one_pass(data, 2)
     next(batches)
     assert len(prefetch_threads()) == 1
     batches.close()
@@ -721,9 +727,9 @@ def test_bad_arguments(isolated, kwargs, message):
 def test_batch_larger_than_rank_share(isolated):
     write_idx_dir(isolated / "m")
     data = get_data("mnist", data_dir=str(isolated / "m"), size=4, rank=3, n_train=30)
-    assert data.n_train == 30 and len(list(data.train_batches(7, epoch=0))) == 1
+    assert data.n_train == 30 and len(list(one_pass(data, 7))) == 1
     with pytest.raises(DataError, match=r"batch_size 8: larger than this rank's share .*7 images"):
-        data.train_batches(8, epoch=0)
+        one_pass(data, 8)
 
 
 # ---------------------------------------------------------------- finding and downloading
@@ -828,7 +834,7 @@ def test_every_format_in_the_registry_has_its_names_and_finds_nothing_in_an_empt
 def test_real_fashion_mnist_from_debian_package():
     data = get_data("fashion-mnist", data_dir=FASHION_DIR, dal=0, download=False)
     assert (data.n_train, data.n_test, data.image_shape, data.n_y) == (60000, 10000, (32, 32, 1), 10)
-    x, y = all_batches(data.train_batches(1000, epoch=0))
+    x, y = all_batches(one_pass(data, 1000))
     assert x.shape == (60000, 32, 32, 1) and x.dtype == np.uint8
     assert 55.84 < x.mean() < 55.85  # 72.940 (the 28x28 mean) * 784 / 1024 = 55.845
     assert np.all(x[:, :2] == 0) and np.all(x[:, :, -2:] == 0)

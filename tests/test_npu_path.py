@@ -52,7 +52,8 @@ def test_static_shapes_pad_short_batches():
     images = tr.sample(np.zeros(6, np.int32), np.zeros(6, np.float32))
     assert images.shape == (6, 8, 8, 1)
     per_image = tr.eval_per_image([(x, np.zeros(5, np.int32))], weights="polyak")
-    assert per_image.shape == (4, 5) and np.isfinite(per_image).all()
+    assert sorted(per_image) == ["bits_x", "bits_y", "loss", "pred_loss"]
+    assert all(v.shape == (5,) and np.isfinite(v).all() for v in per_image.values())
 
 
 def test_loss_scale_dynamic_and_fixed():

@@ -57,5 +57,5 @@ def test_it_reevaluates_to_its_recorded_figures(weights):
     run = trained_run.TrainedRun(PRETRAINED)
     x, y, _ = run.load_images("test", n=N)
     batches = ((x[i:i + 100], y[i:i + 100]) for i in range(0, N, 100))
-    got = run.model.eval_per_image(batches, 0, 1, weights)[evaluator.STATS.index("bits_x")]
+    got = run.model.eval_per_image(batches, 0, 1, weights)["bits_x"]
     np.testing.assert_allclose(got, _recorded()[weights][:N], rtol=1e-4, atol=1e-6)

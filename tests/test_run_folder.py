@@ -13,6 +13,7 @@ import tensorflow.compat.v1 as tf
 import checkpoints
 import config
 import evaluator
+import model as glow_model
 import optim
 import train
 import utils
@@ -63,6 +64,10 @@ def test_modes_need_no_model_flags(run_folder):
     assert line["bits_x"] == pytest.approx(trained["bits_x"], abs=0.2)
     assert train.main(["--logdir", run_folder, "--sample", "4"]) == 0
     assert os.path.exists(os.path.join(run_folder, "samples_t0.70_raw.png"))
+    # The mode's config line records the run's recipe, not the flags' defaults (adamax, --n_train 50000).
+    mode_line = utils.read_jsonl(os.path.join(run_folder, "train.txt"))[-1]
+    assert mode_line["sample"] == 4 and (mode_line["optimizer"], mode_line["lr"], mode_line["n_train"],
+                                         mode_line["gradient_checkpointing"]) == ("adam", 0.003, 256, "none")
     prefix = checkpoints.latest(os.path.join(run_folder, "checkpoints"))
     other = os.path.join(os.path.dirname(run_folder), "other")
     assert train.main(["--logdir", other, "--restore_path", prefix, "--evaluate", "--n_test", "64"]) == 0
@@ -95,12 +100,34 @@ def test_a_contradicting_model_flag_is_refused(run_folder, flag, value, message)
         config.adopt_run(args, saved, "the run")
 
 
+def test_what_a_run_passes_on_is_an_allow_list_derived_from_the_architecture(run_folder):
+    saved = dict(checkpoints.saved_config(checkpoints.latest(os.path.join(run_folder, "checkpoints"))),
+                 brand_new_flag=7, verbose=True, epochs=99, device="gpu", n_test=64)
+    flags = set(vars(config.parse_args([])))
+    # Every field of the one declaration is set by a flag (n_y by --problem's data), and nothing else is a model flag.
+    fields = set(glow_model.ARCHITECTURE) - {"n_y", "image_shape"}
+    assert fields <= {field for _, field in config.MODEL_FLAGS} and {f for f, _ in config.MODEL_FLAGS} <= flags
+    assert set(config.RESUME_FLAGS) <= flags and not set(config.RESUME_FLAGS) & {f for f, _ in config.MODEL_FLAGS}
+    for argv, recipe, test_set in ((["--resume"], True, True), (["--evaluate"], True, False),
+                                   (["--restore_path", "x"], False, False)):
+        args = config.parse_args(["--logdir", run_folder] + argv)
+        args.brand_new_flag = None  # a flag added tomorrow: not in the lists, so never taken from a run
+        got = config.adopt_run(args, saved, "the run")
+        assert (got.depth, got.width, got.problem) == (1, 8, "fashion-mnist")
+        assert (got.optimizer == "adam", got.lr == 0.003, got.n_train == 256) == (recipe,) * 3, argv
+        assert got.n_test == (64 if test_set else -1), argv
+        assert (got.brand_new_flag, got.verbose, got.epochs, got.device) == (None, False, 1000000, "cpu"), argv
+        assert args.optimizer == "adamax" and args.depth == 32, "adopt_run changed its argument"
+    given = config.adopt_run(config.parse_args(["--logdir", run_folder, "--resume", "--lr", "0.01"]), saved, "r")
+    assert given.lr == 0.01 and given.optimizer == "adam"
+
+
 def test_config_is_read_only_and_built_from_code():
     cfg = config.from_flags((32, 32, 1), 10, 60000, 10000, depth=4, flow_permutation="3", learntop=True)
     assert (cfg.depth, cfg.permutation, cfg.learntop, cfg.kernels) == (4, "invconv_lu", True, "cpu")
     with pytest.raises(AttributeError, match="read-only"):
         cfg.depth = 5
-    assert cfg.replace(depth=5).depth == 5 and cfg.depth == 4
+    assert cfg.depth == 4
     with pytest.raises(ValueError, match="no flag --deepness"):
         config.from_flags((32, 32, 1), 10, 60000, 10000, deepness=4)
 

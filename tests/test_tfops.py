@@ -74,7 +74,7 @@ def test_actnorm_init_gives_zero_mean_unit_scale():
     with tf.Graph().as_default():
         x = tf.constant(data)
         ld = tf.zeros([64], tf.float64)
-        with tfops.arg_scope([tfops.get_variable_ddi], init=True):
+        with tfops.data_dependent_init():
             z_init, _ = _scoped(tfops.actnorm, x, ld, reverse=False)
         z, _ = _scoped(tfops.actnorm, x, ld, reverse=False)
         with tf.Session() as sess:
@@ -85,21 +85,18 @@ def test_actnorm_init_gives_zero_mean_unit_scale():
     np.testing.assert_allclose(z_v.std(axis=(0, 1, 2)), 1.0, rtol=1e-5)
 
 
-def test_arg_scope_defaults_and_override():
-    @tfops.add_arg_scope
-    def f(a, b=1, c=2):
-        return a, b, c
-
-    with tfops.arg_scope([f], b=10):
-        assert f(0) == (0, 10, 2)
-        assert f(0, b=5) == (0, 5, 2)
-        with tfops.arg_scope([f], c=20):
-            assert f(0) == (0, 10, 20)
-        assert f(0) == (0, 10, 2)
-    assert f(0) == (0, 1, 2)
-    with pytest.raises(ValueError, match="not decorated"):
-        with tfops.arg_scope([len], b=1):
-            pass
+def test_data_dependent_init_is_a_nested_block():
+    assert not tfops.in_ddi_init()
+    with tfops.data_dependent_init():
+        assert tfops.in_ddi_init()
+        with tfops.data_dependent_init():
+            assert tfops.in_ddi_init()
+        assert tfops.in_ddi_init()
+    assert not tfops.in_ddi_init()
+    with pytest.raises(RuntimeError):
+        with tfops.data_dependent_init():
+            raise RuntimeError("the block failed")
+    assert not tfops.in_ddi_init(), "a failed init pass must not leave the flag on"
 
 
 def test_squeeze_order_and_inverse():

@@ -197,6 +197,6 @@ def test_ood_against_the_same_data_and_against_noise(run_folder, tools_share, op
                      "--out", same]) == 0
     figures = json.load(open(str(tmp_path / "same.json")))
     assert abs(figures["auroc"] - 0.5) < 0.1 and [s["n"] for s in figures["sets"]] == [N_TEST, N_TEST]
-    assert Image.open(same).size == (800, 500)
+    assert Image.open(same).format == "PNG"
     assert ood.main([run_folder, "--n", str(N_TEST), "--vs", "noise", "--out", str(tmp_path / "noise.png")]) == 0
     assert json.load(open(str(tmp_path / "noise.json")))["auroc"] > 0.98

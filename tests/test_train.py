@@ -24,6 +24,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import checkpoints
+import evaluator
 import train
 import utils
 
@@ -343,22 +344,25 @@ def test_raw_and_polyak_evaluations_and_the_worst_image(opened):
     run, tr = opened, _restored(opened)
     line, per_image = train.evaluate(run)
     assert abs(line["bits_x"] - line["bits_x_polyak"]) > 1e-3
-    assert not np.allclose(per_image["raw"], per_image["polyak"])
+    assert not np.allclose(per_image["raw"]["bits_x"], per_image["polyak"]["bits_x"])
     # Row i of the whole evaluation is image i alone (its own noise stream).
     x, y = next(iter(run.data.test_batches(64)))
     for i in (0, 37, 63):
         alone = tr.eval_per_image([(x[i:i + 1], y[i:i + 1])], first_index=i)
-        np.testing.assert_allclose(alone[:, 0], per_image["raw"][:, i], rtol=1e-4)
+        assert sorted(alone) == sorted(evaluator.STATS)
+        for k in evaluator.STATS:
+            np.testing.assert_allclose(alone[k][0], per_image["raw"][k][i], rtol=1e-4)
     # A test image replaced by noise is the worst.
     noisy = x.copy()
     noisy[21] = np.random.RandomState(0).randint(0, 256, x[21].shape)
     bits = tr.eval_per_image([(noisy, y)])
     worst = train.test_line({"raw": bits, "polyak": bits})["worst_images"]
-    assert worst[0][0] == 21 and worst[0][1] > bits[1][np.arange(64) != 21].max(), worst
+    assert worst[0][0] == 21 and worst[0][1] > bits["bits_x"][np.arange(64) != 21].max(), worst
     # The average set to the weights: both evaluations agree exactly.
     tr.sess.run(tr.opt.ema.seed_op)
     line, per_image = train.evaluate(run)
-    np.testing.assert_array_equal(per_image["raw"], per_image["polyak"])
+    for k in evaluator.STATS:
+        np.testing.assert_array_equal(per_image["raw"][k], per_image["polyak"][k])
     assert line["bits_x"] == line["bits_x_polyak"]
 
 

@@ -2,6 +2,7 @@
 
 utils.py does not use TensorFlow, so neither does this file.
 """
+import contextlib
 import json
 import os
 import stat
@@ -33,7 +34,7 @@ CONFIG = {"dataset": "cifar10", "n_levels": 3, "lr": 0.001, "beta2": np.float64(
 
 def test_new_log_starts_with_config_and_every_line_is_strict_json(tmp_path):
     path = str(tmp_path / "train.jsonl")
-    with utils.ResultLogger(path, CONFIG) as logger:
+    with contextlib.closing(utils.ResultLogger(path, CONFIG)) as logger:
         logger.log(epoch=np.int64(1), loss=np.float32(1.5), bits_x=float("nan"),
                    grad_norm=np.float64(np.inf), low=-np.inf, finite=np.bool_(True),
                    hist=np.array([[1, 2], [3, 4]], np.int32),
@@ -57,11 +58,11 @@ def test_new_log_starts_with_config_and_every_line_is_strict_json(tmp_path):
 
 def test_reopen_appends_resumed_marker_and_keeps_old_lines(tmp_path):
     path = str(tmp_path / "train.jsonl")
-    with utils.ResultLogger(path, CONFIG) as logger:
+    with contextlib.closing(utils.ResultLogger(path, CONFIG)) as logger:
         logger.log(epoch=1, loss=2.0)
     with open(path, "rb") as f:
         before = f.read()
-    with utils.ResultLogger(path, dict(CONFIG, lr=0.0005)) as logger:
+    with contextlib.closing(utils.ResultLogger(path, dict(CONFIG, lr=0.0005))) as logger:
         logger.log(epoch=2, loss=1.0)
     with open(path, "rb") as f:
         after = f.read()
@@ -85,7 +86,7 @@ def test_empty_existing_file_is_treated_as_new(tmp_path):
 def test_torn_last_line_is_terminated_on_resume(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"a": 1}\n{"epoch": 1, "loss": 1.')  # crash mid-line
-    with utils.ResultLogger(str(path), {"a": 1}) as logger:
+    with contextlib.closing(utils.ResultLogger(str(path), {"a": 1})) as logger:
         logger.log(epoch=2)
     lines = raw_lines(str(path))
     assert lines[1] == '{"epoch": 1, "loss": 1.'
@@ -106,7 +107,7 @@ def test_close_is_idempotent_and_log_after_close_fails(tmp_path):
 
 def test_unserialisable_values_are_named(tmp_path):
     path = str(tmp_path / "train.jsonl")
-    with utils.ResultLogger(path, {"a": 1}) as logger:
+    with contextlib.closing(utils.ResultLogger(path, {"a": 1})) as logger:
         with pytest.raises(TypeError, match="opt.*set"):
             logger.log(opt={1, 2})
         with pytest.raises(TypeError, match="complex"):
