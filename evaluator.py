@@ -11,6 +11,7 @@ import checkpoints
 import looped
 import model as glow_model
 import optim
+import utils
 
 # Per-example statistics of training and evaluation: their order in every array, their names in logs (openai/glow's).
 STATS = ("loss", "bits_x", "bits_y", "pred_loss")
@@ -18,9 +19,7 @@ WEIGHTS = ("raw", "polyak")
 
 
 def _use_polyak(weights):
-    if weights not in WEIGHTS:
-        raise ValueError("weights %r: expected one of %s" % (weights, ", ".join(WEIGHTS)))
-    return weights == "polyak"
+    return utils.check_choice("weights", weights, WEIGHTS) == "polyak"
 
 
 class Evaluator(object):
@@ -47,7 +46,7 @@ class Evaluator(object):
 
     def _run_steps(self):
         """How the model runs a level's steps (model.Glow's run_steps): a looped run's loop, else unrolled."""
-        return looped.runner("none") if self.cfg.loop_steps else glow_model.unrolled
+        return looped.looped_steps("none") if self.cfg.loop_steps else glow_model.plain_steps
 
     def _inputs(self, name, batch):
         """uint8 images [B, H, W, C] and int32 labels [B]."""

@@ -36,8 +36,7 @@ def export(prefix, saved_config, out_dir, weights="raw", batch=1):
     """Write out_dir/saved_model/, out_dir/frozen/<function>.pb and out_dir/signatures.json from checkpoint
     `prefix` and its run config (checkpoints.saved_config). Returns {function: (inputs, outputs)} of the frozen
     graphs, each {name: [dtype, shape]}."""
-    if weights not in ("raw", "polyak"):
-        raise ValueError("weights %r: expected raw or polyak" % weights)
+    utils.check_choice("weights", weights, ("raw", "polyak"))
     if batch < 1:
         raise ValueError("--export_batch %d: must be >= 1 (the frozen graphs' static batch)" % batch)
     if os.path.exists(out_dir) and os.listdir(out_dir):

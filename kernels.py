@@ -12,6 +12,8 @@ rounding: tests/test_kernels.py). `for_device` picks one; `--kernels` overrides 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import utils
+
 KINDS = ("plain", "cpu")
 
 
@@ -23,9 +25,7 @@ def for_device(device, requested="auto"):
 
 
 def check(kind):
-    if kind not in KINDS:
-        raise ValueError("kernels %r: expected one of %s" % (kind, ", ".join(KINDS)))
-    return kind
+    return utils.check_choice("kernels", kind, KINDS)
 
 
 def _shape(x):

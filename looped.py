@@ -6,10 +6,10 @@ unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so the opt
 saver do not grow with depth either; iteration i reads row i through a custom getter. `convert_checkpoint` converts
 checkpoints between the layouts: a run resumes, evaluates or samples with or without --loop_steps.
 
-`runner(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations); 'recompute'
-keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is a second loop,
-last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop too, whose iterations
-collect the step's statistics (_InitValue), assigned after the loop.
+`looped_steps(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations);
+'recompute' keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is a
+second loop, last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop too,
+whose iterations collect the step's statistics (_InitValue), assigned after the loop.
 """
 import collections
 import re
@@ -31,16 +31,17 @@ def step_key(name):
     return None if match is None else ("%s/%s/%s" % (match.group(1), STEP_SCOPE, match.group(3)), int(match.group(2)))
 
 
-def runner(mode="none"):
-    """A model.Glow run_steps of looped steps, whose gradient in graphs built with for_gradients=True is `mode`'s."""
+def looped_steps(mode="none"):
+    """A model.Glow run_steps of looped steps, whose forward pass has `mode`'s gradient (the model's runner for every
+    graph with 'none', Glow.with_steps' for the training loss with the others)."""
     msg.check_mode(mode)
 
-    def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+    def run_steps(make_step, depth, z, logdet, reverse=False):
         params, constants = _stacked_variables(make_step, depth, z)
         level = _LoopedLevel(make_step(STEP_SCOPE), params, constants, depth)
         if tfops.in_ddi_init():
             return level.ddi(z, logdet)
-        if for_gradients and mode != "none" and not reverse:
+        if mode != "none" and not reverse:
             return level.checkpointed(z, logdet, mode)
         # Differentiable forward (each gather gives its row of the gradient), or the inverse (never differentiated).
         return tuple(level.forward(z, logdet, level.reads(), True, backwards=reverse)[:2])
@@ -196,8 +197,8 @@ class _LoopedLevel(object):
     def checkpointed(self, z, logdet, mode):
         """Forward with the gradient of 'recompute' or 'invertible': a loop over step_backward, last step to first, into
         the variables' gradient stacks. Its custom gradient takes the variables' reads, so its gradients reach them."""
-        record = msg.FlowRecord(mode, self.scope.name)
-        z_in, logdet_in, reads = z, logdet, self.reads()
+        record = LoopedRecord(mode, self, z, logdet)
+        reads = self.reads()
 
         @tf.custom_gradient
         def checkpointed(z, logdet, *reads):
@@ -212,9 +213,7 @@ class _LoopedLevel(object):
 
             return (z_out, logdet), grad_fn
 
-        z, logdet = msg.register(record, *checkpointed(z, logdet, *[reads[name] for name in self.names]))
-        record.both_inputs = lambda: self.inputs_both_ways(record, z_in, logdet_in)
-        return z, logdet
+        return msg.register(record, *checkpointed(z, logdet, *[reads[name] for name in self.names]))
 
     def _arrays(self, z):
         """A TensorArray for each step's input (or output), like z."""
@@ -238,15 +237,28 @@ class _LoopedLevel(object):
         # d logdet_in = d logdet_out: each step adds to the log-det it is given.
         return [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
 
-    def inputs_both_ways(self, record, z_in, logdet):
+    def inputs_both_ways(self, record):
         """[depth, ...] stacks of each step's input from the forward pass and as the backward pass has it (the same for
         'recompute'; the steps' inverses from the level's output for 'invertible'), for msg.reconstruction_error."""
+        z_in, logdet = record.z_in, record.logdet_in
         forward_inputs = self.forward(z_in, logdet, record.stacks, False, [self._arrays(z_in)])[2].stack()
         if record.mode == "recompute":
             return forward_inputs, forward_inputs
         rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, [self._arrays(z_in)], backwards=True)
         # Row i, written before each inverse, is step i's output (step i+1's input); the last inverse gives step 0's.
         return forward_inputs, tf.concat([rebuilt[0][None], rebuilt[2].stack()[:-1]], axis=0)
+
+
+class LoopedRecord(msg.FlowRecord):
+    """A checkpointed looped level: the level, its input, and the variables' stacked reads its loops use (`stacks`,
+    set when the forward loop is built)."""
+
+    def __init__(self, mode, level, z_in, logdet_in):
+        super(LoopedRecord, self).__init__(mode)
+        self.level, self.z_in, self.logdet_in, self.stacks = level, z_in, logdet_in, None
+
+    def both_inputs(self):
+        return self.level.inputs_both_ways(self)
 
 
 def convert_checkpoint(reader, shapes):

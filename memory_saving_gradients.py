@@ -7,8 +7,8 @@ backward pass reaches them. Two modes keep less of the flow:
     from it and backprops through that copy: one [B, H, W, C] tensor per step plus one step's internals.
 'invertible' (Gomez et al. 2017, RevNets): keep each level's output only; the backward pass rebuilds each step's
     input with its inverse, so memory does not grow with depth, and gradients match plain ones to the inverses'
-    float rounding (`reconstruction_error`). A step tagged with its coupling's parts (`is_coupling_step`) costs what
-    'recompute' costs: one evaluation of the coupling network both rebuilds the input and carries the gradient.
+    float rounding (`reconstruction_error`). A step declared by its coupling's parts (a tfops.CouplingStep) costs
+    what 'recompute' costs: one evaluation of the coupling network both rebuilds the input and carries the gradient.
     Other steps are inverted, then recomputed.
 
 `flow` runs a level's steps in one `tf.custom_gradient` whose gradient function rebuilds them: tf.recompute_grad
@@ -18,34 +18,46 @@ only once the backward pass gets there, as new ops (fresh variable reads) that G
 forward ones; a custom getter collects its variable reads, so the variables' gradients come from the recomputed copy
 alone. looped.py does the same for --loop_steps, a backward loop over `step_backward`.
 
-The graph must be built for the mode (`unrolled(mode)` or looped.runner(mode), for_gradients=True); `gradients` checks
-it: a mismatch silently keeps every activation. Data-dependent init, evaluation and sampling graphs are never wrapped.
+The loss must be built for the mode (model.Glow.with_steps(checkpointed_steps(mode)) or looped.looped_steps(mode));
+`gradients` checks it: a mismatch silently keeps every activation. Data-dependent init, evaluation and sampling graphs
+are built with the model's plain runner.
 """
 import collections
 
 import tensorflow.compat.v1 as tf
+
+import tfops
+import utils
 
 MODES = ("none", "recompute", "invertible")
 COLLECTION = "memory_saving_gradients_flows"
 
 
 def check_mode(mode):
-    if mode not in MODES:
-        raise ValueError("gradient checkpointing mode %r: expected one of %s" % (mode, ", ".join(MODES)))
-    return mode
+    return utils.check_choice("gradient checkpointing mode", mode, MODES)
 
 
 class FlowRecord(object):
-    """What a checkpointed flow built, for `gradients` and the diagnostics: its mode, `op` (the custom gradient's
-    IdentityN giving its outputs), its forward ops, each step's forward input and, once the backward pass is built,
-    {step: its input as the backward pass had it}. both_inputs(): [depth, B, H, W, C] stacks of both (or looped's)."""
+    """What a checkpointed flow built, for `gradients` and `reconstruction_error`: its mode and `op` (the custom
+    gradient's IdentityN giving its outputs; set by `register`)."""
 
-    def __init__(self, mode, scope_name):
-        self.mode, self.scope_name, self.op = mode, scope_name, None
-        self.forward_ops, self.step_inputs, self.backward_inputs = [], [], {}
-        self.both_inputs = self._unrolled_inputs
+    def __init__(self, mode):
+        self.mode, self.op = mode, None
 
-    def _unrolled_inputs(self):
+    def both_inputs(self):
+        """[depth, B, H, W, C] stacks of each step's input in the forward pass and as the backward pass has it."""
+        raise NotImplementedError
+
+
+class StepsRecord(FlowRecord):
+    """A checkpointed flow of separate steps (`flow`): each step's forward input and, once the backward pass is
+    built, {step: its input as the backward pass had it}."""
+
+    def __init__(self, mode):
+        super(StepsRecord, self).__init__(mode)
+        self.step_inputs, self.backward_inputs = [], {}
+
+    def both_inputs(self):
         if not self.backward_inputs:
             raise ValueError("reconstruction_error: build the gradients of this loss first")
         return tf.stack(self.step_inputs), tf.stack([self.backward_inputs[i] for i in range(len(self.step_inputs))])
@@ -59,25 +71,19 @@ def register(record, z, logdet):
     return z, logdet
 
 
-def unrolled(mode):
-    """A model.Glow run_steps of unrolled steps, whose gradient in graphs built with for_gradients=True is `mode`'s."""
+def checkpointed_steps(mode):
+    """A model.Glow run_steps (for Glow.with_steps) of separate steps whose forward pass has `mode`'s gradient."""
     check_mode(mode)
 
-    def run_steps(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+    def run_steps(make_step, depth, z, logdet, reverse=False):
         steps = [make_step(str(i)) for i in range(depth)]
-        if not reverse:
-            return flow(steps, z, logdet, mode if for_gradients else "none")
+        if not reverse:  # (the init pass is not differentiated)
+            return flow(steps, z, logdet, "none" if tfops.in_ddi_init() else mode)
         for step in reversed(steps):
             z, logdet = step(z, logdet, True)
         return z, logdet
 
     return run_steps
-
-
-def is_coupling_step(step):
-    """Whether `step` is tagged with its coupling's parts (model.FlowStep): prefix(z, logdet, reverse),
-    nn(z1) -> h, couple(h, z2, logdet, reverse); step(z, logdet) = [z1, couple(nn(z1), z2)] of prefix's output."""
-    return all(callable(getattr(step, part, None)) for part in ("prefix", "nn", "couple"))
 
 
 def flow(steps, z, logdet, mode="none"):
@@ -88,9 +94,7 @@ def flow(steps, z, logdet, mode="none"):
         for step in steps:
             z, logdet = step(z, logdet, False)
         return z, logdet
-    graph, scope = tf.get_default_graph(), tf.get_variable_scope()
-    record = FlowRecord(mode, scope.name)
-    n_ops_before = len(graph.get_operations())
+    scope, record = tf.get_variable_scope(), StepsRecord(mode)
 
     @tf.custom_gradient
     def checkpointed(z, logdet):
@@ -112,9 +116,7 @@ def flow(steps, z, logdet, mode="none"):
 
         return (z, logdet), grad_fn
 
-    z, logdet = checkpointed(z, logdet)
-    record.forward_ops = [op for op in graph.get_operations()[n_ops_before:] if op is not z.op]
-    return register(record, z, logdet)
+    return register(record, *checkpointed(z, logdet))
 
 
 def _in_scope(scope, getter=None):
@@ -176,7 +178,7 @@ def step_backward(step, scope, mode, z_kept, z_next, dz, dlogdet, wanted, by_nam
     [gradient, ...]}, added to) for the variables in `wanted` (op names). z_kept: the step's input the forward pass kept
     ('recompute'); z_next: its output, from which 'invertible' rebuilds the input. scope: the step's variable scope."""
     by_name = collections.defaultdict(list) if by_name is None else by_name
-    if mode == "invertible" and is_coupling_step(step):
+    if mode == "invertible" and isinstance(step, tfops.CouplingStep):
         return _rebuild_coupling_step(step, scope, z_next, dz, dlogdet, wanted, by_name) + (by_name,)
     # The recomputation (and the inverse) waits for the step's output gradient: until the backward pass reaches it.
     with tf.control_dependencies([dz]):
@@ -219,8 +221,8 @@ def gradients(loss, params, mode="none"):
     built = sorted(set(r.mode for r in _flows_under(loss)))
     if built != ([] if mode == "none" else [mode]):
         raise ValueError("gradients(mode=%r) of a loss whose flow was built with checkpointing %s: pass that mode, "
-                         "or build the loss with run_steps=unrolled(%r) or looped.runner(%r) and "
-                         "losses(..., for_gradients=True)" % (mode, ", ".join(built) or "'none'", mode, mode))
+                         "or build the loss with Glow.with_steps(checkpointed_steps(%r)) (or looped.looped_steps(%r))"
+                         % (mode, ", ".join(built) or "'none'", mode, mode))
     # Plain backprop of a looped flow gives its stacked variables IndexedSlices (a row per iteration): made dense.
     grads = tf.gradients(loss, params)
     return [tf.math.unsorted_segment_sum(g.values, g.indices, tf.dimension_value(p.get_shape()[0]))

@@ -8,6 +8,7 @@ builds reads the same variables under one scope, and a `custom_getter` lets an e
 them (the Polyak averages) without swapping weights.
 """
 import collections
+import copy
 import functools
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow.compat.v1 as tf
 
 import kernels as kernels_lib
 import tfops
+import utils
 
 Encoding = collections.namedtuple("Encoding", ["z", "logdet", "objective", "eps", "zs"])
 Encoding.__doc__ = """Result of `Glow.encode`. z: top latent [B, h, w, c]; logdet: the flow's log-determinant [B];
@@ -27,21 +29,19 @@ ARCHITECTURE = ("image_shape", "n_levels", "depth", "width", "permutation", "cou
                 "ycond", "n_y", "weight_y")
 
 
-class FlowStep(object):
+class FlowStep(tfops.CouplingStep):
     """One step of flow (paper Figure 2a, openai/glow's revnet2d_step) under variable scope `name`: actnorm ->
     permutation -> coupling, ops of tfops' contract op(z, logdet, reverse) -> (z, logdet); the inverse runs the list
-    reversed. memory_saving_gradients' invertible mode reads its parts, to run the network once per step backward:
-    `prefix` (the ops before the coupling), `nn` (z1 -> h), `couple` (h, z2, logdet, reverse) -> (z2', logdet)."""
+    reversed. Its coupling's parts (tfops.CouplingStep: `prefix`, `nn`, `couple`) let the invertible gradient run
+    the network once per step backward. n_channels: of z. conv1x1_constants: see Glow."""
 
-    def __init__(self, glow, name, n_channels):
-        self.name = name
-        n_per_channel, self.couple = tfops.COUPLINGS[glow.coupling]
-        permute = tfops.PERMUTATIONS[glow.permutation]
-        if glow.conv1x1_constants is not None and glow.permutation in ("invconv", "invconv_lu"):
-            permute = functools.partial(tfops.conv1x1_constant, constants=glow.conv1x1_constants)
-        self.prefix_ops = [functools.partial(tfops.actnorm, "actnorm"), functools.partial(permute, glow.permutation)]
-        self._nn = functools.partial(tfops.coupling_nn, "f1", width=glow.width, n_out=n_per_channel * n_channels // 2,
-                                     kernels=glow.kernels)  # z1 -> h
+    def __init__(self, name, n_channels, permutation, coupling, width, kernels="plain", conv1x1_constants=None):
+        self.name, self.width, self.kernels = name, width, kernels
+        self.n_out, self._couple = tfops.COUPLINGS[coupling][0] * n_channels // 2, tfops.COUPLINGS[coupling][1]
+        permute = tfops.PERMUTATIONS[permutation]
+        if conv1x1_constants is not None and permutation in ("invconv", "invconv_lu"):
+            permute = functools.partial(tfops.conv1x1_constant, constants=conv1x1_constants)
+        self.prefix_ops = [functools.partial(tfops.actnorm, "actnorm"), functools.partial(permute, permutation)]
 
     def __call__(self, z, logdet, reverse=False):
         return self._run(self.prefix_ops + [self.coupling], z, logdet, reverse)
@@ -56,7 +56,7 @@ class FlowStep(object):
         return z, logdet
 
     def coupling(self, z, logdet, reverse):
-        """[z1, z2] -> [z1, couple(nn(z1), z2)] (paper 3.3)."""
+        """[z1, z2] -> [z1, couple(nn(z1), z2)] (paper 3.3), in the step's scope."""
         z1, z2 = tfops.halves(z)
         z2, logdet = self.couple(self._nn(z1), z2, logdet, reverse)
         return tf.concat([z1, z2], 3), logdet
@@ -65,10 +65,17 @@ class FlowStep(object):
         with tf.variable_scope(self.name):
             return self._nn(z1)
 
+    def couple(self, h, z2, logdet, reverse=False):
+        return self._couple(h, z2, logdet, reverse)
 
-def unrolled(make_step, depth, z, logdet, reverse=False, for_gradients=False):
+    def _nn(self, z1):
+        return tfops.coupling_nn("f1", z1, width=self.width, n_out=self.n_out, kernels=self.kernels)
+
+
+def plain_steps(make_step, depth, z, logdet, reverse=False):
     """Glow's default `run_steps`: a level's `depth` steps, each with its own ops and variables (scopes "0", "1", ...),
-    or their inverses last to first. memory_saving_gradients' and looped.py's take gradients with less memory."""
+    or their inverses last to first. memory_saving_gradients.checkpointed_steps and looped.looped_steps run them so
+    that their gradients take less memory."""
     steps = [make_step(str(i)) for i in range(depth)]
     for step in (reversed(steps) if reverse else steps):
         z, logdet = step(z, logdet, reverse)
@@ -81,19 +88,17 @@ class Glow(object):
     image_shape: (H, W, C), H and W divisible by 2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
     tfops.COUPLINGS, kernels in kernels.KINDS (how the coupling networks' convs are computed). conv1x1_constants:
     {scope name: (W, W^-1, log|det W|)} of a trained model's 1x1 convs, which then are constants (an export's graph).
-    run_steps(make_step, depth, z, logdet, reverse, for_gradients) runs one level's steps (`unrolled` by
-    default); `losses(..., for_gradients=True)` builds the graph whose gradients are taken, where a trainer's
-    run_steps may save memory. The model reads no flags (see from_config)."""
+    run_steps(make_step, depth, z, logdet, reverse) runs one level's steps (`plain_steps` by default); the graph
+    whose gradients are taken is built by `with_steps(a memory-saving runner)`. The model reads no flags (see
+    from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
-                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=unrolled, name="model",
+                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=plain_steps, name="model",
                  conv1x1_constants=None):
         h, w, c = [int(d) for d in image_shape]
-        if permutation not in tfops.PERMUTATIONS:
-            raise ValueError("permutation %r: expected one of %s" % (permutation, sorted(tfops.PERMUTATIONS)))
-        if coupling not in tfops.COUPLINGS:
-            raise ValueError("coupling %r: expected one of %s" % (coupling, sorted(tfops.COUPLINGS)))
+        utils.check_choice("permutation", permutation, tfops.PERMUTATIONS)
+        utils.check_choice("coupling", coupling, tfops.COUPLINGS)
         if n_levels < 1 or depth < 1 or width < 1:
             raise ValueError("n_levels %d, depth %d, width %d: each must be >= 1" % (n_levels, depth, width))
         if h % 2 ** n_levels or w % 2 ** n_levels:
@@ -134,6 +139,13 @@ class Glow(object):
         """The model of a run config (config.py's): its ARCHITECTURE fields, kernels and `kwargs` (e.g. run_steps)."""
         return cls(kernels=cfg.kernels, **dict(((k, getattr(cfg, k)) for k in ARCHITECTURE), **kwargs))
 
+    def with_steps(self, run_steps):
+        """The same model (the same variables) with its levels' steps run by `run_steps`: e.g. the training loss's
+        graph, whose gradients take less memory (memory_saving_gradients.checkpointed_steps, looped.looped_steps)."""
+        other = copy.copy(self)
+        other.run_steps = run_steps
+        return other
+
     def scope(self, custom_getter=None):
         """The model's variable scope: created on first use, reused after."""
         return tf.variable_scope(self.name, reuse=tf.AUTO_REUSE, use_resource=True, custom_getter=custom_getter)
@@ -154,21 +166,25 @@ class Glow(object):
         """Uniform noise of one bin's width (paper section 2: a continuous density on discrete data)."""
         return x + tf.random_uniform(tf.shape(x), 0, 1.0 / self.n_bins, dtype=self.dtype)
 
-    def _level(self, level, z, logdet, reverse, for_gradients=False):
+    def _level(self, level, z, logdet, reverse):
         """Level `level`'s `depth` flow steps (or their inverses)."""
         n_channels = tfops.int_shape(z)[3]
-        with tf.variable_scope(str(level)):
-            return self.run_steps(lambda name: FlowStep(self, name, n_channels), self.depth, z, logdet,
-                                  reverse=reverse, for_gradients=for_gradients)
 
-    def encode(self, x, y=None, custom_getter=None, for_gradients=False):
+        def make_step(name):
+            return FlowStep(name, n_channels, self.permutation, self.coupling, self.width, self.kernels,
+                            self.conv1x1_constants)
+
+        with tf.variable_scope(str(level)):
+            return self.run_steps(make_step, self.depth, z, logdet, reverse=reverse)
+
+    def encode(self, x, y=None, custom_getter=None):
         """x: preprocessed (and dequantised) data [B, H, W, C], y: labels [B] (read with ycond) -> Encoding."""
         with self.scope(custom_getter):
             logdet = objective = tf.zeros([tf.shape(x)[0]], self.dtype)
             z = tfops.squeeze2d(x)  # [B, H/2, W/2, 4C]
             eps, zs = [], []
             for level in range(self.n_levels):
-                z, logdet = self._level(level, z, logdet, reverse=False, for_gradients=for_gradients)
+                z, logdet = self._level(level, z, logdet, reverse=False)
                 if level < self.n_levels - 1:
                     zs.append(z[:, :, :, int(z.get_shape()[3]) // 2:])
                     z, objective, e = tfops.split2d("pool%d" % level, z, objective,
@@ -209,19 +225,19 @@ class Glow(object):
                 z, _ = self._level(level, z, tf.zeros([tf.shape(z)[0]], self.dtype), reverse=True)
             return tfops.unsqueeze2d(z)  # [B, H, W, C]
 
-    def losses(self, x_uint8, y, dequantize=True, custom_getter=None, for_gradients=False):
+    def losses(self, x_uint8, y, dequantize=True, custom_getter=None):
         """The objective on a batch of uint8 images, as per-example tensors [B]: objective (log p(x) of the continuous
         model, nats), bits_x (bits per dimension, the paper's metric: -objective / (ln 2 * H*W*C)), bits_y (class loss
         in bits; zero without ycond and weight_y), loss (bits_x + weight_y * bits_y), pred_loss (1 for a wrong class
-        prediction, and without a classifier, as openai/glow). for_gradients: see `Glow`."""
+        prediction, and without a classifier, as openai/glow)."""
         x = self.preprocess(x_uint8)
         if dequantize:
             x = self.dequantize(x)
-        return self.stats(x, y, custom_getter, for_gradients)[0]
+        return self.stats(x, y, custom_getter)[0]
 
-    def stats(self, x, y, custom_getter=None, for_gradients=False):
+    def stats(self, x, y, custom_getter=None):
         """(`losses` of preprocessed, dequantised data x [B, H, W, C], the Encoding they come from)."""
-        enc = self.encode(x, y, custom_getter, for_gradients)
+        enc = self.encode(x, y, custom_getter)
         # Discretisation: a density on bins of width 1/n_bins in each of D dims.
         objective = enc.objective - np.log(self.n_bins) * self.n_dims
         bits_x = -objective / (np.log(2.0) * self.n_dims)

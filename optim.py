@@ -26,6 +26,7 @@ import math
 import tensorflow.compat.v1 as tf
 
 import tfops
+import utils
 
 OPTIMIZERS = ("adam", "adamax")
 _STATE = dict(trainable=False, use_resource=True)  # every state variable
@@ -51,6 +52,23 @@ def is_state(key, scope="optim"):
 def _check_number(what, value, ok, accepted):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
         raise ValueError("%s=%r: must be a number %s" % (what, value, accepted))
+
+
+# make_train_op's numbers: (what is accepted, the test).
+_NUMBERS = {"lr": (">= 0", lambda v: v >= 0.0), "beta1": ("in [0, 1)", lambda v: 0.0 <= v < 1.0),
+            "beta2": ("in (0, 1)", lambda v: 0.0 < v < 1.0),
+            "weight_decay": ("in (0, 1]; it multiplies the weights each step, 1.0 disables it",
+                             lambda v: 0.0 < v <= 1.0),
+            "epsilon": (">= 0", lambda v: v >= 0.0), "max_grad_value": (">= 0 (0: off)", lambda v: v >= 0.0),
+            "max_grad_norm": (">= 0 (0: off)", lambda v: v >= 0.0)}
+
+
+def _check_numbers(**values):
+    """Each of make_train_op's numbers by its _NUMBERS test; lr may be a tensor (fed each step) instead."""
+    for what, value in values.items():
+        if what == "lr" and not isinstance(value, (int, float)):
+            continue
+        _check_number(what, value, _NUMBERS[what][1], _NUMBERS[what][0])
 
 
 def _check_params(params):
@@ -229,24 +247,16 @@ def make_train_op(name, params, grads, lr, beta1, beta2, weight_decay=1.0, epsil
     max_grad_value, max_grad_norm: clip each gradient entry to [-v, v], then all gradients together to a global
         norm of at most n (0: off; openai/glow clips neither). A non-finite gradient stays non-finite: the step is
         skipped."""
-    if name not in OPTIMIZERS:
-        raise ValueError("optimizer %r: expected one of %s" % (name, ", ".join(OPTIMIZERS)))
+    utils.check_choice("optimizer", name, OPTIMIZERS)
     params = _check_params(params)
     grads = _dense_grads(params, grads)
-    _check_number("beta1", beta1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-    _check_number("beta2", beta2, lambda v: 0.0 < v < 1.0, "in (0, 1)")
-    _check_number("weight_decay", weight_decay, lambda v: 0.0 < v <= 1.0,
-                  "in (0, 1]; it multiplies the weights each step, 1.0 disables it")
-    _check_number("epsilon", epsilon, lambda v: v >= 0.0, ">= 0")
-    _check_number("max_grad_value", max_grad_value, lambda v: v >= 0.0, ">= 0 (0: off)")
-    _check_number("max_grad_norm", max_grad_norm, lambda v: v >= 0.0, ">= 0 (0: off)")
+    _check_numbers(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, epsilon=epsilon,
+                   max_grad_value=max_grad_value, max_grad_norm=max_grad_norm)
     grad_norm = tf.global_norm(grads)
     if max_grad_value:
         grads = [tf.clip_by_value(g, -max_grad_value, max_grad_value) for g in grads]
     if max_grad_norm:
         grads = tf.clip_by_global_norm(grads, max_grad_norm)[0]
-    if isinstance(lr, (int, float)):  # else a tensor
-        _check_number("lr", lr, lambda v: v >= 0.0, ">= 0")
     with tf.variable_scope(scope):
         step = tf.get_variable("t", [], tf.float32, tf.ones_initializer(), **_STATE)  # exact to 2**24 steps
         n_skipped = tf.get_variable("n_skipped", [], tf.int64, tf.zeros_initializer(), **_STATE)

@@ -8,6 +8,7 @@ keep the (z, logdet) pair with h as an extra input; split2d is not of this kind 
 objective under a prior), and its signatures say so. Variables take z's dtype (float32 to train, float64 in the
 Jacobian tests). Variable scope names are checkpoint keys: never change them.
 """
+import abc
 import contextlib
 import threading
 import zlib
@@ -322,6 +323,28 @@ def couple_affine(h, z2, logdet, reverse=False):
 
 # Each coupling: (channels of NN(z1) per channel of z2, its transform of z2).
 COUPLINGS = {"additive": (1, couple_additive), "affine": (2, couple_affine)}
+
+
+class CouplingStep(abc.ABC):
+    """A flow step that ends in a coupling, by parts: step(z, logdet, reverse) is `prefix` (the ops before the
+    coupling), then [z1, couple(nn(z1), z2)] of the prefix's halves (paper 3.3). memory_saving_gradients'
+    invertible mode uses the parts to run the network once per step backward (model.FlowStep is one)."""
+
+    @abc.abstractmethod
+    def __call__(self, z, logdet, reverse=False):
+        """The whole step, of the (z, logdet) contract."""
+
+    @abc.abstractmethod
+    def prefix(self, z, logdet, reverse=False):
+        """The ops before the coupling, in the step's variable scope."""
+
+    @abc.abstractmethod
+    def nn(self, z1):
+        """The coupling network, z1 -> h, in the step's variable scope."""
+
+    @abc.abstractmethod
+    def couple(self, h, z2, logdet, reverse=False):
+        """z2 given h -> (z2', logdet), with no variables of its own."""
 
 # -- squeeze and split (paper 3.4, RealNVP's multi-scale architecture) -----------------
 

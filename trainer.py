@@ -18,9 +18,9 @@ class Trainer(evaluator.Evaluator):
 
     lazy = False  # every graph built before the first step, then the graph is final
 
-    def _run_steps(self):
-        """The level runner whose gradients take --gradient_checkpointing's memory-saving path."""
-        return (looped.runner if self.cfg.loop_steps else memory_saving_gradients.unrolled)(
+    def _training_steps(self):
+        """The level runner of the training loss: its gradients take --gradient_checkpointing's memory-saving path."""
+        return (looped.looped_steps if self.cfg.loop_steps else memory_saving_gradients.checkpointed_steps)(
             self.cfg.gradient_checkpointing)
 
     def _build(self):
@@ -47,7 +47,7 @@ class Trainer(evaluator.Evaluator):
         cfg = self.cfg
         self.lr = tf.placeholder(tf.float32, [], name="lr")
         self.loss_scale = tf.placeholder_with_default(tf.constant(1.0), [], name="loss_scale")
-        stats = self.glow.losses(self.x, self.y, for_gradients=True)
+        stats = self.glow.with_steps(self._training_steps()).losses(self.x, self.y)
         loss = tf.reduce_mean(stats["loss"])
         params = tf.trainable_variables()
         grads = memory_saving_gradients.gradients(loss * self.loss_scale, params, mode=cfg.gradient_checkpointing)

@@ -1,4 +1,5 @@
-"""Run logs (JSON lines, as openai/glow's utils.ResultLogger), epoch progress, image grids and atomic file writes."""
+"""Run logs (JSON lines, as openai/glow's utils.ResultLogger), epoch progress, image grids, atomic file writes and
+the one check of a value against its choices."""
 import io
 import json
 import math
@@ -7,6 +8,13 @@ import os
 import time
 
 import numpy as np
+
+
+def check_choice(what, value, choices):
+    """`value` if it is one of `choices`, else a ValueError naming it and them."""
+    if value not in choices:
+        raise ValueError("%s %r: expected one of %s" % (what, value, ", ".join(map(str, choices))))
+    return value
 
 
 def _jsonable(value, where):

@@ -296,9 +296,10 @@ def loss_and_gradients(cfg, x, y, mode, unrolled=False, dequantize=True):
     import model
     import tensorflow.compat.v1 as tf
 
-    run_steps = looped.runner(mode) if cfg.loop_steps and not unrolled else memory_saving_gradients.unrolled(mode)
+    run_steps = (looped.looped_steps(mode) if cfg.loop_steps and not unrolled
+                 else memory_saving_gradients.checkpointed_steps(mode))
     glow = model.Glow.from_config(cfg, run_steps=run_steps)
-    loss = tf.reduce_mean(glow.losses(x, y, dequantize=dequantize, for_gradients=True)["loss"])
+    loss = tf.reduce_mean(glow.losses(x, y, dequantize=dequantize)["loss"])
     params = tf.trainable_variables()
     return loss, params, memory_saving_gradients.gradients(loss, params, mode=mode)
 

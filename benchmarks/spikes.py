@@ -40,18 +40,36 @@ def largest_excess(bits, after=300, window=20):
     return max(bits[i] - min(bits[i - window:i]) for i in range(max(window, after), len(bits)))
 
 
+def step_spread(bits, after=300, half=10):
+    """How much the steps after `after` scatter around their neighbourhood: the robust standard deviation (1.4826
+    x the median absolute deviation) of each step's bits/dim minus the median of the 2*half+1 steps around it."""
+    import numpy as np
+    bits = np.asarray(bits, np.float64)
+    dev = [bits[i] - np.median(bits[max(0, i - half):i + half + 1]) for i in range(after, len(bits))]
+    return float(1.4826 * np.median(np.abs(dev))) if dev else float("nan")
+
+
 def table(report, after=300):
-    """Markdown rows of a report: per variant and seed, spiking steps, episodes, the largest rise and the mean of
-    the last 100 steps."""
-    rows = ["| variant | seed | spiking steps after %d | episodes | largest rise | mean, last 100 steps |" % after,
-            "|---|---|---|---|---|---|"]
+    """Markdown rows of a report: per variant and seed, spiking steps, episodes, the largest rise, the steps'
+    spread (step_spread) and the mean of the last 100 steps."""
+    rows = ["| variant | seed | spiking steps after %d | episodes | largest rise | step spread | mean, last 100 "
+            "steps |" % after, "|---|---|---|---|---|---|---|"]
     for name, seeds in report.items():
         for seed, r in sorted(seeds.items()):
             partial = " (%d steps)" % r["n_steps"] if r["n_steps"] < 1000 else ""
-            rows.append("| %s%s | %s | %d | %d | %.2f | %.3f |" % (
+            rows.append("| %s%s | %s | %d | %d | %.2f | %.3f | %.3f |" % (
                 name, partial, seed, len(r["spiking_steps"]), len(r["episodes"]), largest_excess(r["bits"], after),
-                r["mean_last_100"]))
+                step_spread(r["bits"], after), r["mean_last_100"]))
     return "\n".join(rows)
+
+
+def gaussian_floor(sd, steps=1000, after=300, jump=0.5, trials=200, seed=0):
+    """The count's mean per run, and the share of runs with none, for per-step figures that are independent
+    Gaussian draws of standard deviation `sd` around a constant: how the count grows with the steps' spread."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    counts = np.array([len(spikes(list(sd * rng.randn(steps)), after, jump)[0]) for _ in range(trials)])
+    return float(counts.mean()), float(np.mean(counts == 0))
 
 
 def noise_floor(per_image_bits, batch=64, steps=1000, after=300, jump=0.5, trials=200, seed=0):
@@ -99,7 +117,15 @@ def main(argv=None):
     p.add_argument("--table", action="store_true", help="print --out's runs as a Markdown table, run nothing")
     p.add_argument("--noise_floor", default="", metavar="CSV", help="print the count for unchanging weights whose "
                    "per-image bits/dim are the CSV's bits_x column (--evaluate --per_image), run nothing")
+    p.add_argument("--noise_sd", type=float, nargs="+", default=[], metavar="SD", help="print the count for "
+                   "independent Gaussian per-step figures of each standard deviation, run nothing")
     args = p.parse_args(argv)
+    for sd in args.noise_sd:
+        mean, none = gaussian_floor(sd, args.steps, args.after, args.jump)
+        print("Gaussian steps of sd %.3f: %.2f spiking steps per %d-step run on average, none in %.0f%% of runs"
+              % (sd, mean, args.steps, 100 * none))
+    if args.noise_sd:
+        return 0
     if args.noise_floor:
         import csv
         bits = [float(row["bits_x"]) for row in csv.DictReader(open(args.noise_floor))]

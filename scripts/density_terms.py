@@ -148,6 +148,21 @@ def gaussian(z, mean, logs):
     return logp, np.max(np.abs(eps), axis=axes), np.min(np.broadcast_to(logs, z.shape), axis=axes)
 
 
+def top_prior(get, cfg, shape, y):
+    """The top prior's h [B, h, w, 2c] (model.top_prior): its mean and logs are the halves of h's channels."""
+    h = np.zeros(shape)
+    if cfg["learntop"]:
+        h = conv_zeros(get, "model/prior/p", h)
+    if cfg["ycond"]:
+        if y is None:
+            raise ValueError("this run has ycond: density_terms needs the labels y")
+        onehot = np.eye(cfg["n_y"])[np.asarray(y)]  # [B, n_y]
+        emb = (onehot @ get("model/prior/y_emb/W") + get("model/prior/y_emb/b")) * np.exp(
+            LOGSCALE * get("model/prior/y_emb/logs"))
+        h = h + emb[:, None, None, :]
+    return h
+
+
 def density_terms(params, cfg, x_uint8, y=None, noise=None, weights="raw"):
     """Glow's log p(x) of uint8 images x [B,H,W,C] (labels y [B] for ycond)
     from `params` ({checkpoint key: array}) and a run config `cfg`
@@ -198,16 +213,7 @@ def density_terms(params, cfg, x_uint8, y=None, noise=None, weights="raw"):
             terms["L%d split log p" % level] = logp
             z = squeeze2d(z1)  # [B, h/2, w/2, 2c]
     n_z = z.shape[3]
-    h = np.zeros(z.shape[:3] + (2 * n_z,))  # top prior (model.top_prior): mean, logs = halves of h
-    if cfg["learntop"]:
-        h = conv_zeros(get, "model/prior/p", h)
-    if cfg["ycond"]:
-        if y is None:
-            raise ValueError("this run has ycond: density_terms needs the labels y")
-        onehot = np.eye(cfg["n_y"])[np.asarray(y)]  # [B, n_y]
-        emb = (onehot @ get("model/prior/y_emb/W") + get("model/prior/y_emb/b")) * np.exp(
-            LOGSCALE * get("model/prior/y_emb/logs"))
-        h = h + emb[:, None, None, :]
+    h = top_prior(get, cfg, z.shape[:3] + (2 * n_z,), y)
     terms["top log p"], extras["top max|eps|"], extras["top min logs"] = gaussian(z, h[..., :n_z], h[..., n_z:])
     n_dims = int(np.prod(cfg["image_shape"]))
     terms["discretisation -D ln(n_bins)"] = np.full(n, -n_dims * cfg["n_bits_x"] * np.log(2.0))

@@ -224,3 +224,11 @@ def test_spike_count_is_the_issues_definition():
     calm = spikes.noise_floor(np.full(100, 2.7) + np.linspace(-0.1, 0.1, 100), trials=5)
     wild = spikes.noise_floor(np.r_[np.full(99, 2.7), 100.0], trials=5)
     assert calm[0] == 0 and calm[1] == 1.0 and wild[0] > 50, (calm, wild)
+    # Independent Gaussian steps: none at a small spread, many at a wide one, the count rising with it.
+    floors = [spikes.gaussian_floor(sd, trials=20)[0] for sd in (0.03, 0.1, 0.2)]
+    assert floors[0] == 0 and floors[0] < floors[1] < floors[2], floors
+    # The spread of steps around their neighbourhood: zero on a straight line, about the noise's sd on noise (a
+    # little less: the median of the 21 steps around a step includes it; this seed gives 0.0915).
+    assert spikes.step_spread(np.linspace(5, 3, 400), after=100) == pytest.approx(0, abs=1e-12)
+    noisy = 3 + 0.1 * np.random.RandomState(0).randn(3000)
+    assert spikes.step_spread(noisy, after=100) == pytest.approx(0.1, rel=0.15)

@@ -23,15 +23,14 @@ N_Y = 3
 
 def run_config(permutation, coupling, learntop=False, ycond=False, n_bits_x=8):
     return dict(image_shape=list(IMAGE), n_levels=2, depth=2, width=8, permutation=permutation, coupling=coupling,
-                learntop=learntop, ycond=ycond, n_y=N_Y if ycond else 1, n_bits_x=n_bits_x)
+                learntop=learntop, ycond=ycond, n_y=N_Y if ycond else 1, n_bits_x=n_bits_x, weight_y=0.0)
 
 
 def build(cfg, loop_steps=False):
     """The run's Glow in float64, after data-dependent init and random weights,
     in a new graph: (glow, session, rng)."""
-    keys = ("n_levels", "depth", "width", "permutation", "coupling", "learntop", "ycond", "n_y", "n_bits_x")
-    run_steps = looped.runner() if loop_steps else glow_model.unrolled
-    glow = glow_model.Glow(IMAGE, dtype=tf.float64, run_steps=run_steps, **dict((k, cfg[k]) for k in keys))
+    run_steps = looped.looped_steps() if loop_steps else glow_model.plain_steps
+    glow = glow_model.Glow(dtype=tf.float64, run_steps=run_steps, **dict((k, cfg[k]) for k in glow_model.ARCHITECTURE))
     rng = np.random.RandomState(0)
     tf.set_random_seed(0)
     init = glow.init_op(tf.constant(rng.randint(0, 256, (16,) + IMAGE).astype(np.uint8)),

@@ -2,7 +2,6 @@
 log-dets that cancel, and a log-det equal to slogdet of the true Jacobian."""
 import functools
 import gc
-import types
 import weakref
 
 import numpy as np
@@ -18,8 +17,8 @@ D = int(np.prod(SHAPE))
 
 def _coupling(kind, name, z, logdet, reverse=False):
     """A flow step's coupling (model.FlowStep.coupling) of `kind`, network width 8."""
-    hps = types.SimpleNamespace(coupling=kind, width=8, kernels="plain", permutation="invconv", conv1x1_constants=None)
-    return glow_model.FlowStep(hps, name, tfops.int_shape(z)[3]).coupling(z, logdet, reverse)
+    step = glow_model.FlowStep(name, tfops.int_shape(z)[3], "invconv", kind, width=8)
+    return step.coupling(z, logdet, reverse)
 
 
 OPS = {

@@ -209,3 +209,9 @@ def test_failed_write_leaves_no_temp(tmp_path):
     with pytest.raises(TypeError):
         utils.atomic_write_bytes(path, "text, not bytes")
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_check_choice_names_the_value_and_the_choices():
+    assert utils.check_choice("weights", "raw", ("raw", "polyak")) == "raw"
+    with pytest.raises(ValueError, match=r"^weights 'mean': expected one of raw, polyak$"):
+        utils.check_choice("weights", "mean", ("raw", "polyak"))
