@@ -322,6 +322,8 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks, **settled):
         beta2=args.adam_beta2 or 1.0 - 1.0 / (train_its * args.polyak_epochs),
         # openai/glow's n_processed: images at --anchor_size, the unit of --n_train.
         anchor_images_per_step=args.n_batch_train * n_ranks)
+    for raw in ("flow_permutation", "flow_coupling", "lu"):  # their effect is `permutation` and `coupling`
+        del cfg[raw]
     return Config(cfg)
 
 

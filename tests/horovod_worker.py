@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import data_loaders.data  # noqa: E402
+import evaluator  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 import trainer  # noqa: E402
@@ -107,7 +108,7 @@ def instrument(opts):
             raise tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
         applied, stats = step(self, *args, **kwargs)
         assert applied, "step %d was skipped (non-finite)" % (len(seen["steps"]) + 1)
-        seen["steps"].append(stats)
+        seen["steps"].append([stats[k] for k in evaluator.STATS])  # a row of loss, bits_x, bits_y, pred_loss
         return applied, stats
 
     def nudging_restore(self, *args, **kwargs):

@@ -125,6 +125,8 @@ def test_what_a_run_passes_on_is_an_allow_list_derived_from_the_architecture(run
 def test_config_is_read_only_and_built_from_code():
     cfg = config.from_flags((32, 32, 1), 10, 60000, 10000, depth=4, flow_permutation="3", learntop=True)
     assert (cfg.depth, cfg.permutation, cfg.learntop, cfg.kernels) == (4, "invconv_lu", True, "cpu")
+    # Derived values replace their raw flags: one field a reader can take.
+    assert not any(hasattr(cfg, raw) for raw in ("flow_permutation", "flow_coupling", "lu"))
     with pytest.raises(AttributeError, match="read-only"):
         cfg.depth = 5
     assert cfg.depth == 4
