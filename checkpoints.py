@@ -10,12 +10,11 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import looped
+import stacked
 import utils
 
 CONFIG_KEY = "run/config"
@@ -191,11 +190,14 @@ class Checkpoints(object):
             4 * int(np.prod(shape)) for shape in self.shapes.values() if shape is not None)
 
     def restore(self, sess, prefix):
-        """Load checkpoint `prefix` (either step layout, see looped.py) into the graph's variables. Returns its
+        """Load checkpoint `prefix` into the graph's variables (check_holds says what it must hold). Returns its
         RunState (the default one for a checkpoint that has none)."""
-        with tempfile.TemporaryDirectory(prefix="glow-restore-") as scratch:
-            defaults = {CONFIG_KEY: self.config_json, STATE_KEY: RunState().to_json()}
-            self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, defaults))
+        have = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+        absent = [key for key in (CONFIG_KEY, STATE_KEY) if key not in have]  # (written before checkpoints had them)
+        check_holds(prefix, self.shapes, optional=absent)
+        saver = self.saver if not absent else tf.train.Saver(
+            [v for v in tf.global_variables() if v.op.name not in absent], save_relative_paths=True)
+        saver.restore(sess, prefix)
         sess.run(self._set_config)
         return read_state(prefix)
 
@@ -239,9 +241,9 @@ class ModelWeights(object):
         self.left_out = lambda key: key.startswith("run/") or left_out(key)
 
     def restore(self, sess, prefix):
-        """Load checkpoint `prefix` (either step layout); returns its RunState."""
-        with tempfile.TemporaryDirectory(prefix="glow-restore-") as scratch:
-            self.saver.restore(sess, in_layout(prefix, self.shapes, scratch, left_out=self.left_out))
+        """Load checkpoint `prefix`; returns its RunState."""
+        check_holds(prefix, self.shapes, self.left_out)
+        self.saver.restore(sess, prefix)
         return read_state(prefix)
 
 
@@ -253,46 +255,37 @@ def write_model_only(prefix, folder, left_out):
     keys = [k for k in reader.get_variable_to_shape_map() if not left_out(k)]
     os.makedirs(folder, exist_ok=True)
     out = os.path.join(os.path.abspath(folder), os.path.basename(prefix))
-    _write(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
+    write_values(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
     name = os.path.basename(out)  # relative to the folder, which can then move (TF keeps it so for an absolute one)
     tf.train.update_checkpoint_state(os.path.abspath(folder), name, all_model_checkpoint_paths=[name])
     return out
 
 
-def in_layout(prefix, shapes, scratch_dir, defaults=None, left_out=None):
-    """A checkpoint holding the variables `shapes` ({key: shape}, a graph's saver keys): `prefix` itself when it
-    holds them all; else a copy written under scratch_dir with step variables converted between the unrolled and
-    the looped layout (looped.convert_checkpoint) and the run/ strings an older checkpoint lacks taken from
-    `defaults` ({key: value}). A variable found nowhere, or one in the checkpoint that this model has no use for
-    (written with other flags: a smaller model must not load part of it and train on) and `left_out(key)` does not
-    accept, is a ValueError naming it."""
-    reader = tf.train.load_checkpoint(prefix)
-    have = reader.get_variable_to_shape_map()
-    optional = set(k for k in (defaults or {}) if k in shapes and k not in have)
-    wanted = dict((k, s) for k, s in shapes.items() if k not in optional)
-    unused_ok = set(k for k in have if left_out is not None and left_out(k))
-    if not optional and all(list(have.get(k, [-1])) == list(s) for k, s in wanted.items()):
-        _check_all_used(prefix, have, set(wanted) | unused_ok)
-        return prefix
-    values, used, missing = looped.convert_checkpoint(reader, wanted)
+def check_holds(prefix, shapes, left_out=None, optional=()):
+    """A ValueError naming what is wrong unless checkpoint `prefix` holds the variables `shapes` ({key: shape}, a
+    graph's saver keys; those in `optional` may be absent) with those shapes, and no variable this model has no use
+    for (written with other flags: a smaller model must not load part of it and train on) that `left_out(key)` does
+    not accept."""
+    have = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    missing = [key for key in sorted(shapes) if key not in have and key not in optional]
+    missing += ["%s (shape %s in the checkpoint, %s here)" % (key, list(have[key]), shape)
+                for key, shape in sorted(shapes.items()) if key in have and list(have[key]) != list(shape)]
     if missing:
+        old = "/%s/" % stacked.STEP_SCOPE
+        hint = (" (if it was written before the flow steps' variables were stacked, upgrade its run folder: python "
+                "scripts/upgrade_run.py FOLDER)" if any(old in k for k in missing) and not any(old in k for k in have)
+                else "")
         raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: it was written by a "
-                         "model with other flags" % (prefix, len(missing), ", ".join(missing[:3])))
-    _check_all_used(prefix, have, used | unused_ok)
-    for key in optional:
-        values[key] = np.array(defaults[key], dtype=object)
-    return _write(values, os.path.join(scratch_dir, "converted.ckpt"))
-
-
-def _check_all_used(prefix, have, used):
-    unused = sorted(set(have) - used - set(_LEGACY_STATE))
+                         "model with other flags%s" % (prefix, len(missing), ", ".join(missing[:3]), hint))
+    unused = sorted(k for k in have if k not in shapes and k not in _LEGACY_STATE and not (left_out and left_out(k)))
     if unused:
         raise ValueError("checkpoint %s holds %d variables this model does not have, e.g. %s: it was written by a "
                          "model with other flags" % (prefix, len(unused), ", ".join(unused[:3])))
 
 
-def _write(values, path):
-    """A checkpoint of {key: NumPy value} at `path`, through its own graph."""
+def write_values(values, path):
+    """A checkpoint of {key: NumPy value} at `path` (its .index and .data files), through its own graph; returns
+    path."""
     keys = sorted(values)
     with tf.Graph().as_default():
         holders = [tf.placeholder(tf.string if values[k].dtype.kind in "OSU" else tf.as_dtype(values[k].dtype))

@@ -11,6 +11,7 @@ import checkpoints
 import looped
 import model as glow_model
 import optim
+import stacked
 import utils
 
 # Per-example statistics of training and evaluation: their order in every array, their names in logs (openai/glow's).
@@ -46,7 +47,7 @@ class Evaluator(object):
 
     def _run_steps(self):
         """How the model runs a level's steps (model.Glow's run_steps): a looped run's loop, else unrolled."""
-        return looped.looped_steps("none") if self.cfg.loop_steps else glow_model.plain_steps
+        return looped.looped_steps("none") if self.cfg.loop_steps else stacked.unrolled_steps
 
     def _inputs(self, name, batch):
         """uint8 images [B, H, W, C] and int32 labels [B]."""

@@ -23,7 +23,7 @@ import os
 import numpy as np
 import tensorflow.compat.v1 as tf
 
-import looped
+import checkpoints
 import model as glow_model
 import optim
 import tfops
@@ -118,21 +118,16 @@ def _build_function(glow, getter, name, batch):
 
 
 def _checkpoint_values(prefix, weights):
-    """read(name, shape, trainable): the NumPy value of model variable `name` in checkpoint `prefix` (converted from
-    the looped layout where the checkpoint has it so): the variable's, or for weights="polyak" and a trainable
-    float variable its Polyak average `optim/<name>/ema`."""
+    """read(name, shape, trainable): the NumPy value of model variable `name` in checkpoint `prefix`: the
+    variable's, or for weights="polyak" and a trainable float variable its Polyak average `optim/<name>/ema`."""
     reader = tf.train.load_checkpoint(prefix)
     have = reader.get_variable_to_shape_map()
 
     def read(name, shape, trainable):
         key = optim.average_key(name) if weights == "polyak" and trainable else name
-        if key in have:
-            return np.asarray(reader.get_tensor(key))
-        values, _, missing = looped.convert_checkpoint(reader, {key: shape})
-        if missing:
-            raise ValueError("checkpoint %s has no %s: it was written by a model with other flags%s" % (
-                prefix, missing[0], " or without Polyak averages" if key != name else ""))
-        return values[key]
+        if key not in have or list(have[key]) != list(shape):  # (a run without Polyak averages lacks optim/...)
+            checkpoints.check_holds(prefix, {key: shape}, left_out=lambda k: True)  # raises, naming it
+        return np.asarray(reader.get_tensor(key))
 
     return read
 

@@ -1,35 +1,18 @@
 """--loop_steps: a level's flow steps as one tf.while_loop over one copy of the step. Graph memory follows the ops:
 an unrolled level holds `depth` copies of the step's ops (and of their gradient's), a looped one holds one.
 
-Each step variable becomes one variable stacked over the steps, [depth, ...], under the level's scope `step/` (step_key:
-unrolled "model/0/3/actnorm/b" is row 3 of "model/0/step/actnorm/b"), so the optimizer, the Polyak averages and the
-saver do not grow with depth either; iteration i reads row i through a custom getter. `convert_checkpoint` converts
-checkpoints between the layouts: a run resumes, evaluates or samples with or without --loop_steps.
+The steps' variables are the level's stacked ones (stacked.py, the layout every graph uses): iteration i reads row i.
 
 `looped_steps(mode)`'s gradient: 'none' differentiates through the loop (TF keeps every iteration's activations);
 'recompute' keeps each step's input in a TensorArray, 'invertible' only the level's output, and the backward pass is a
 second loop, last step to first, over memory_saving_gradients.step_backward. The data-dependent init is a loop too,
-whose iterations collect the step's statistics (_InitValue), assigned after the loop.
+whose iterations collect the step's statistics (stacked.InitValue), assigned after the loop.
 """
-import collections
-import re
-
-import numpy as np
 import tensorflow.compat.v1 as tf
 
 import memory_saving_gradients as msg
+import stacked
 import tfops
-
-STEP_SCOPE = "step"
-_UNROLLED_STEP = re.compile(r"^(.*?/\d+)/(\d+)/(.+)$")
-
-
-def step_key(name):
-    """A looped build's stacked variable name (or checkpoint key, a slot's included) for an unrolled build's,
-    with the step: ("model/0/step/actnorm/b", 3) for "model/0/3/actnorm/b"; None for names that are not a step's."""
-    match = _UNROLLED_STEP.match(name)
-    return None if match is None else ("%s/%s/%s" % (match.group(1), STEP_SCOPE, match.group(3)), int(match.group(2)))
-
 
 def looped_steps(mode="none"):
     """A model.Glow run_steps of looped steps, whose forward pass has `mode`'s gradient (the model's runner for every
@@ -37,8 +20,8 @@ def looped_steps(mode="none"):
     msg.check_mode(mode)
 
     def run_steps(make_step, depth, z, logdet, reverse=False):
-        params, constants = _stacked_variables(make_step, depth, z)
-        level = _LoopedLevel(make_step(STEP_SCOPE), params, constants, depth)
+        params, constants = stacked.level_variables(make_step, depth, z)
+        level = _LoopedLevel(make_step(stacked.STEP_SCOPE), params, constants, depth)
         if tfops.in_ddi_init():
             return level.ddi(z, logdet)
         if mode != "none" and not reverse:
@@ -47,69 +30,6 @@ def looped_steps(mode="none"):
         return tuple(level.forward(z, logdet, level.reads(), True, backwards=reverse)[:2])
 
     return run_steps
-
-
-def _stacked_variables(make_step, depth, z):
-    """Under a level's variable scope: its steps' variables, each stacked over the steps as `STEP_SCOPE/<name>`
-    [depth, ...], as the scope's custom getter gives them (an evaluation graph's: the Polyak averages): ({name: value}
-    of the trainable float variables, {the same} of the others), created by the first graph to ask (_create_stacked)."""
-    prefix = tf.get_variable_scope().name + "/" + STEP_SCOPE + "/"
-    if not any(v.op.name.startswith(prefix) for v in tf.global_variables()):
-        _create_stacked(make_step, depth, z)
-    params, constants = {}, {}
-    for v in [v for v in tf.global_variables() if v.op.name.startswith(prefix)]:
-        name = v.op.name[len(prefix):]
-        with tf.variable_scope(STEP_SCOPE, reuse=True):
-            value = tf.get_variable(name, shape=v.get_shape(), dtype=v.dtype.base_dtype, trainable=v.trainable)
-        (params if v.trainable and v.dtype.base_dtype.is_floating else constants)[name] = value
-    return params, constants
-
-
-def _create_stacked(make_step, depth, z):
-    """Create a level's stacked variables without building `depth` steps in this graph: each step is built alone in a
-    scratch graph, under an unrolled build's scope names and graph seed, recording what it asks tf.get_variable for;
-    each stacked variable's initial value stacks the steps'. Initial values from tfops.layer_rng (1x1 convs,
-    permutations) are an unrolled build's, row by row; TF's random initialisers draw the whole stack at once."""
-    scope = tf.get_variable_scope().name
-    requests = collections.OrderedDict()  # name in the step -> [each step's tf.get_variable kwargs]
-
-    def record(getter, name, *args, **kwargs):
-        requests.setdefault(name[len(scope) + 1:].split("/", 1)[1], []).append(kwargs)
-        return getter(name, *args, **kwargs)
-
-    seed = tf.get_default_graph().seed
-    for i in range(depth):
-        with tf.Graph().as_default():  # one step per scratch graph: one alive at a time
-            tf.set_random_seed(seed)
-            z_in = tf.placeholder(z.dtype, z.get_shape())
-            with tf.variable_scope(scope, custom_getter=record):
-                make_step(str(i))(z_in, tf.zeros([tf.shape(z_in)[0]], z.dtype), False)
-    with tf.variable_scope(STEP_SCOPE):
-        for name, steps in requests.items():
-            tf.get_variable(name, **_stacked_request(name, steps))
-
-
-def _stacked_request(name, steps):
-    """tf.get_variable kwargs for one variable stacked over the steps, from each step's request (`steps`, in order)."""
-    first = dict((k, v) for k, v in steps[0].items() if k not in ("reuse", "custom_getter", "name"))
-    inits = [s.get("initializer") for s in steps]
-    if all(isinstance(i, (np.ndarray, np.generic, list, int, float)) for i in inits):
-        return dict(first, initializer=np.stack([np.asarray(i) for i in inits]), shape=None)
-    same = all(type(i) is type(inits[0]) and hasattr(i, "get_config") and i.get_config() == inits[0].get_config()
-               for i in inits)
-    if not same or first.get("shape") is None:
-        raise ValueError("looped steps: variable %r has initialisers %r, which cannot be stacked (expected NumPy "
-                         "values, or one TF initializer object of the same config for every step)"
-                         % (name, sorted(set(type(i).__name__ for i in inits))))
-    return dict(first, shape=[len(steps)] + list(tf.TensorShape(first["shape"]).as_list()))
-
-
-class _InitValue(collections.namedtuple("_InitValue", "name recorded")):
-    """The init pass getter's stand-in for a data-dependent variable: `assign` records the value instead."""
-
-    def assign(self, value):
-        self.recorded.append((self.name, value))
-        return value
 
 
 def _loop(n, body, loop_vars, backwards=False, back_prop=True):
@@ -134,26 +54,14 @@ class _LoopedLevel(object):
                 raise ValueError("looped flow: variable %s has shape %s, expected [depth %d, ...]"
                                  % (name, v.get_shape(), depth))
         self.scope = tf.get_variable_scope()
-        self.prefix = self.scope.name + "/" + STEP_SCOPE + "/"
+        self.prefix = self.scope.name + "/" + stacked.STEP_SCOPE + "/"
         self.names = sorted(params)
         # One read per variable, which every iteration indexes: an alias of its buffer, not a copy.
         self.fixed = {name: tf.convert_to_tensor(v) for name, v in constants.items()}
 
     def in_step(self, i, stacks, recorded=None):
-        """The variable scope in which the step's variable `<scope>/step/<name>` is row i of stacks[name] (or of
-        the constants'); with `recorded` (the init pass), data-dependent variables are _InitValues."""
-        stacks = dict(stacks, **self.fixed)
-
-        def stacked_getter(getter, name, *args, **kwargs):
-            key = name[len(self.prefix):] if name.startswith(self.prefix) else None
-            if key not in stacks:
-                raise ValueError("looped flow: its step reads variable %r, which has no stack (stacked: %s under %s)"
-                                 % (name, ", ".join(sorted(stacks)), self.prefix))
-            if recorded is not None and isinstance(kwargs.get("initializer"), tfops.DataDependent):
-                return _InitValue(key, recorded)
-            return tf.gather(stacks[key], i)
-
-        return tf.variable_scope(self.scope, reuse=True, custom_getter=stacked_getter, auxiliary_name_scope=False)
+        """The variable scope in which the step reads row i of stacks (and of the constants): stacked.Stacks.scope."""
+        return stacked.Stacks(dict(stacks, **self.fixed), self.depth, self.scope).scope(i, recorded)
 
     def reads(self):
         return {name: tf.convert_to_tensor(self.params[name]) for name in self.names}
@@ -185,14 +93,12 @@ class _LoopedLevel(object):
         z, logdet, rows = _loop(self.depth, body, [z, logdet, tf.TensorArray(z.dtype, size=self.depth)],
                                 back_prop=False)
         rows = rows.stack()  # [depth, the statistics' total size]
-        assigns, offset = [], 0
+        values, offset = {}, 0
         for name, value in recorded:
             size = value.get_shape().num_elements()
-            stacked = tf.reshape(rows[:, offset:offset + size], [self.depth] + value.get_shape().as_list())
-            assigns.append(self.variables[name].assign(tf.cast(stacked, value.dtype)))
+            values[name] = tf.reshape(rows[:, offset:offset + size], [self.depth] + value.get_shape().as_list())
             offset += size
-        with tf.control_dependencies(assigns):
-            return tf.identity(z), tf.identity(logdet)
+        return stacked.assign_init(self.variables, values, z, logdet)
 
     def checkpointed(self, z, logdet, mode):
         """Forward with the gradient of 'recompute' or 'invertible': a loop over step_backward, last step to first, into
@@ -259,30 +165,3 @@ class LoopedRecord(msg.FlowRecord):
 
     def both_inputs(self):
         return self.level.inputs_both_ways(self)
-
-
-def convert_checkpoint(reader, shapes):
-    """The values of the variables `shapes` ({key: shape}) from a checkpoint reader whose step variables may be in
-    the other layout (unrolled or looped; slots and averages too): ({key: value}, the keys used, [keys in neither])."""
-    have = reader.get_variable_to_shape_map()
-    rows = collections.defaultdict(dict)  # stacked key -> {step: the checkpoint's key of that step's variable}
-    for key, stacked in [(k, step_key(k)) for k in have if step_key(k) is not None]:
-        rows[stacked[0]][stacked[1]] = key
-    values, missing, used = {}, [], set()
-    for key, shape in sorted(shapes.items()):
-        stacked = step_key(key)
-        if key in have:
-            values[key] = np.asarray(reader.get_tensor(key))
-            used.add(key)
-        elif stacked is not None and stacked[0] in have:
-            values[key] = reader.get_tensor(stacked[0])[stacked[1]]
-            used.add(stacked[0])
-        elif key in rows and sorted(rows[key]) == list(range(shape[0] if shape else 0)):
-            values[key] = np.stack([reader.get_tensor(rows[key][i]) for i in range(shape[0])])
-            used.update(rows[key].values())
-        else:
-            missing.append(key)
-            continue
-        if list(values[key].shape) != list(shape):
-            missing.append("%s (shape %s in the checkpoint, %s here)" % (key, list(values[key].shape), shape))
-    return values, used, missing

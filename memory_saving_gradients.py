@@ -14,8 +14,8 @@ backward pass reaches them. Two modes keep less of the flow:
 `flow` runs a level's steps in one `tf.custom_gradient` whose gradient function rebuilds them: tf.recompute_grad
 saves nothing in TF 2.x compat.v1 graph mode (nothing holds its recomputation back until the backward pass). Here
 each recomputation reads its input through a control dependency on the gradient arriving at its step, so it runs
-only once the backward pass gets there, as new ops (fresh variable reads) that Grappler cannot merge with the
-forward ones; a custom getter collects its variable reads, so the variables' gradients come from the recomputed copy
+only once the backward pass gets there, as new ops that Grappler cannot merge with the forward ones; a custom
+getter collects its variable reads, so the variables' gradients come from the recomputed copy
 alone. looped.py does the same for --loop_steps, a backward loop over `step_backward`.
 
 The loss must be built for the mode (model.Glow.with_steps(checkpointed_steps(mode)) or looped.looped_steps(mode));
@@ -26,6 +26,7 @@ import collections
 
 import tensorflow.compat.v1 as tf
 
+import stacked
 import tfops
 import utils
 
@@ -72,51 +73,64 @@ def register(record, z, logdet):
 
 
 def checkpointed_steps(mode):
-    """A model.Glow run_steps (for Glow.with_steps) of separate steps whose forward pass has `mode`'s gradient."""
+    """A model.Glow run_steps (for Glow.with_steps) of unrolled steps whose forward pass has `mode`'s gradient."""
     check_mode(mode)
 
     def run_steps(make_step, depth, z, logdet, reverse=False):
-        steps = [make_step(str(i)) for i in range(depth)]
-        if not reverse:  # (the init pass is not differentiated)
-            return flow(steps, z, logdet, "none" if tfops.in_ddi_init() else mode)
-        for step in reversed(steps):
-            z, logdet = step(z, logdet, True)
-        return z, logdet
+        if mode == "none" or reverse or tfops.in_ddi_init():  # (the inverse and the init pass are not differentiated)
+            return stacked.unrolled_steps(make_step, depth, z, logdet, reverse)
+        params, constants = stacked.level_variables(make_step, depth, z)
+        return flow([make_step(str(i)) for i in range(depth)], params, constants, z, logdet, mode)
 
     return run_steps
 
 
-def flow(steps, z, logdet, mode="none"):
-    """Run flow steps forward (z: [B, H, W, C], logdet: [B]) with the gradient of `mode`. steps: callables
-    step(z, logdet, reverse) -> (z, logdet) that get their variables under the current variable scope; for
-    'invertible', step(..., reverse=True) must invert step(..., False)."""
-    if check_mode(mode) == "none":
-        for step in steps:
-            z, logdet = step(z, logdet, False)
-        return z, logdet
-    scope, record = tf.get_variable_scope(), StepsRecord(mode)
+def flow(steps, params, constants, z, logdet, mode):
+    """Run a level's flow steps forward (z: [B, H, W, C], logdet: [B]) with the gradient of 'recompute' or
+    'invertible'. steps[i](z, logdet, reverse) -> (z, logdet) reads row i of the level's stacked variables
+    (stacked.Stacks; params: {name: [depth, ...]} of the trainable float ones, constants: the others); for
+    'invertible', step(..., reverse=True) must invert step(..., False). The custom gradient takes the params' reads,
+    so their gradients (stacks of the steps' rows) reach them."""
+    depth, names, record = len(steps), sorted(params), StepsRecord(mode)
+
+    def read(values):
+        return dict((name, tf.convert_to_tensor(v)) for name, v in values.items())
+
+    constant_reads = read(constants)
 
     @tf.custom_gradient
-    def checkpointed(z, logdet):
-        for step in steps:
+    def checkpointed(z, logdet, *reads):
+        stacks = stacked.Stacks(dict(constant_reads, **dict(zip(names, reads))), depth)
+        for i, step in enumerate(steps):
             record.step_inputs.append(z)
-            z, logdet = step(z, logdet, False)
+            with stacks.scope(i):
+                z, logdet = step(z, logdet, False)
 
         def grad_fn(dz, dlogdet, variables=None):
-            """Steps last to first, each recomputed from its kept ('recompute') or rebuilt ('invertible') input."""
-            variables, z_next = variables or [], z
-            wanted = set(v.op.name for v in variables) & set(v.op.name for v in tf.trainable_variables())
-            grads = collections.defaultdict(list)
-            for i in reversed(range(len(steps))):
-                z_next, dz, _ = step_backward(steps[i], scope, mode, record.step_inputs[i], z_next, dz, dlogdet,
-                                              wanted, grads)
+            """Steps last to first, each recomputed from its kept ('recompute') or rebuilt ('invertible') input,
+            reading the variables again: the backward pass keeps nothing of the forward one but its checkpoints."""
+            z_next, grads = z, collections.defaultdict(list)
+            again = stacked.Stacks(read(dict(params, **constants)), depth, stacks.level)
+
+            def key(i, name):  # the name under which step i reads variable `name`
+                return "%s%d/%s" % (stacks.prefix, i, name)
+
+            wanted = set(key(i, name) for i in range(depth) for name in names)
+            for i in reversed(range(depth)):
+                with again.scope(i) as scope:
+                    z_next, dz, _ = step_backward(steps[i], scope, mode, record.step_inputs[i], z_next, dz, dlogdet,
+                                                  wanted, grads)
                 record.backward_inputs[i] = z_next
+            rows = [[sum_gradients(grads.get(key(i, name))) for i in range(depth)] for name in names]
             # d logdet_in = d logdet_out: each step adds to the log-det it is given.
-            return (dz, dlogdet), [sum_gradients(grads.get(v.op.name)) for v in variables]
+            out = [dz, dlogdet] + [tf.stack([tf.zeros_like(again.row(name, i)) if g is None else g
+                                             for i, g in enumerate(row)]) for name, row in zip(names, rows)]
+            # TF 2.x lists the variables behind the reads; their gradients went to the reads.
+            return (out, [None] * len(variables)) if variables else out
 
         return (z, logdet), grad_fn
 
-    return register(record, *checkpointed(z, logdet))
+    return register(record, *checkpointed(z, logdet, *[tf.convert_to_tensor(params[name]) for name in names]))
 
 
 def _in_scope(scope, getter=None):

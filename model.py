@@ -5,7 +5,7 @@ coupling), then, between levels, split off half the channels under a learned Gau
 top latent's Gaussian prior is zero, learned (`learntop`) or class-conditional (`ycond`). `Glow` holds
 hyperparameters and build choices (the level runner, an export's 1x1-conv constants), no variables: every graph it
 builds reads the same variables under one scope, and a `custom_getter` lets an evaluation graph read other values for
-them (the Polyak averages) without swapping weights.
+them (the Polyak averages) without swapping weights. A level's steps keep their variables stacked (stacked.py).
 """
 import collections
 import copy
@@ -15,14 +15,15 @@ import numpy as np
 import tensorflow.compat.v1 as tf
 
 import kernels as kernels_lib
+import stacked
 import tfops
 import utils
 
-Encoding = collections.namedtuple("Encoding", ["z", "logdet", "objective", "eps", "zs"])
+Encoding = collections.namedtuple("Encoding", ["z", "logdet", "objective", "eps"])
 Encoding.__doc__ = """Result of `Glow.encode`. z: top latent [B, h, w, c]; logdet: the flow's log-determinant [B];
 objective: logdet + the log-densities of every split-off half and of the top latent under their priors [B] (log p(x)
 before the discretisation term); eps: per-level standardised noise, split levels first, top last (what `decode`
-inverts exactly); zs: the split-off halves and the top z, before standardisation, in the same order."""
+inverts exactly)."""
 
 # Glow's arguments that define the model (and its checkpoint's variables): what a run folder records to rebuild it.
 ARCHITECTURE = ("image_shape", "n_levels", "depth", "width", "permutation", "coupling", "n_bits_x", "learntop",
@@ -72,29 +73,19 @@ class FlowStep(tfops.CouplingStep):
         return tfops.coupling_nn("f1", z1, width=self.width, n_out=self.n_out, kernels=self.kernels)
 
 
-def plain_steps(make_step, depth, z, logdet, reverse=False):
-    """Glow's default `run_steps`: a level's `depth` steps, each with its own ops and variables (scopes "0", "1", ...),
-    or their inverses last to first. memory_saving_gradients.checkpointed_steps and looped.looped_steps run them so
-    that their gradients take less memory."""
-    steps = [make_step(str(i)) for i in range(depth)]
-    for step in (reversed(steps) if reverse else steps):
-        z, logdet = step(z, logdet, reverse)
-    return z, logdet
-
-
 class Glow(object):
     """Glow's hyperparameters and the graphs built from them.
 
     image_shape: (H, W, C), H and W divisible by 2**n_levels. permutation in tfops.PERMUTATIONS, coupling in
     tfops.COUPLINGS, kernels in kernels.KINDS (how the coupling networks' convs are computed). conv1x1_constants:
     {scope name: (W, W^-1, log|det W|)} of a trained model's 1x1 convs, which then are constants (an export's graph).
-    run_steps(make_step, depth, z, logdet, reverse) runs one level's steps (`plain_steps` by default); the graph
-    whose gradients are taken is built by `with_steps(a memory-saving runner)`. The model reads no flags (see
+    run_steps(make_step, depth, z, logdet, reverse) runs one level's steps (stacked.unrolled_steps by default); the
+    graph whose gradients are taken is built by `with_steps(a memory-saving runner)`. The model reads no flags (see
     from_config)."""
 
     def __init__(self, image_shape, n_levels=3, depth=32, width=512, permutation="invconv",
                  coupling="additive", n_bits_x=8, learntop=False, ycond=False, n_y=1,
-                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=plain_steps, name="model",
+                 weight_y=0.0, dtype=tf.float32, kernels="plain", run_steps=stacked.unrolled_steps, name="model",
                  conv1x1_constants=None):
         h, w, c = [int(d) for d in image_shape]
         utils.check_choice("permutation", permutation, tfops.PERMUTATIONS)
@@ -182,19 +173,17 @@ class Glow(object):
         with self.scope(custom_getter):
             logdet = objective = tf.zeros([tf.shape(x)[0]], self.dtype)
             z = tfops.squeeze2d(x)  # [B, H/2, W/2, 4C]
-            eps, zs = [], []
+            eps = []
             for level in range(self.n_levels):
                 z, logdet = self._level(level, z, logdet, reverse=False)
                 if level < self.n_levels - 1:
-                    zs.append(z[:, :, :, int(z.get_shape()[3]) // 2:])
                     z, objective, e = tfops.split2d("pool%d" % level, z, objective,
                                                     kernels=self.kernels)  # [B, h/2, w/2, 2c]
                     eps.append(e)
-            zs.append(z)
         prior = self.top_prior(y, tf.shape(x)[0], custom_getter)
         eps.append(prior.get_eps(z))
         objective += logdet + prior.logp(z)
-        return Encoding(z=z, logdet=logdet, objective=objective, eps=eps, zs=zs)
+        return Encoding(z=z, logdet=logdet, objective=objective, eps=eps)
 
     def top_prior(self, y, batch_size, custom_getter=None):
         """The top latent's Gaussian prior: zero, plus a learned conv of zeros (learntop), a class embedding (ycond)."""

@@ -53,11 +53,11 @@ def load_checkpoint(prefix):
 
 
 def weight_getter(params, weights="raw"):
-    """get(name) -> the value of model variable `name` (unrolled name,
-    model/<level>/<step>/...) from `params`: with --loop_steps checkpoints,
-    row <step> of model/<level>/step/... (looped.step_key). weights='polyak'
-    reads the Polyak average optim/<name>/ema (optim.Polyak) where there is
-    one: trainable variables; P, sign_S and shuffle indices have none."""
+    """get(name) -> the value of model variable `name` from `params`; a flow
+    step's, model/<level>/<step>/..., is row <step> of the level's stacked
+    model/<level>/step/... (stacked.py). weights='polyak' reads the Polyak
+    average optim/<name>/ema (optim.Polyak) where there is one: trainable
+    variables; P, sign_S and shuffle indices have none."""
     if weights not in ("raw", "polyak"):
         raise ValueError("weights %r: expected raw or polyak" % (weights,))
     if weights == "polyak" and not any(k.startswith("optim/") for k in params):
@@ -65,15 +65,14 @@ def weight_getter(params, weights="raw"):
 
     def get(name):
         parts = name.split("/")
-        candidates = [(name, None)]
-        if len(parts) > 3 and parts[1].isdigit() and parts[2].isdigit():  # a step's: stacked form too
-            candidates.append(("/".join(parts[:2] + ["step"] + parts[3:]), int(parts[2])))
-        for key, row in candidates:
-            for k in (["optim/%s/ema" % key] if weights == "polyak" else []) + [key]:
-                if k in params:
-                    value = np.asarray(params[k] if row is None else params[k][row])
-                    return value if value.dtype.kind in "iub" else value.astype(np.float64)
-        raise KeyError("variable %s: not in the params (nor as a stacked step variable)" % name)
+        key, row = name, None
+        if len(parts) > 3 and parts[1].isdigit() and parts[2].isdigit():  # a flow step's
+            key, row = "/".join(parts[:2] + ["step"] + parts[3:]), int(parts[2])
+        for k in (["optim/%s/ema" % key] if weights == "polyak" else []) + [key]:
+            if k in params:
+                value = np.asarray(params[k] if row is None else params[k][row])
+                return value if value.dtype.kind in "iub" else value.astype(np.float64)
+        raise KeyError("variable %s: not in the params (as %s)" % (name, key))
     return get
 
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow.compat.v1 as tf
 
 import looped
+import stacked
 import model as glow_model
 import optim
 from flowcheck import randomize_variables
@@ -29,7 +30,7 @@ def run_config(permutation, coupling, learntop=False, ycond=False, n_bits_x=8):
 def build(cfg, loop_steps=False):
     """The run's Glow in float64, after data-dependent init and random weights,
     in a new graph: (glow, session, rng)."""
-    run_steps = looped.looped_steps() if loop_steps else glow_model.plain_steps
+    run_steps = looped.looped_steps() if loop_steps else stacked.unrolled_steps
     glow = glow_model.Glow(dtype=tf.float64, run_steps=run_steps, **dict((k, cfg[k]) for k in glow_model.ARCHITECTURE))
     rng = np.random.RandomState(0)
     tf.set_random_seed(0)
@@ -88,7 +89,7 @@ def test_numpy_objective_equals_the_graph(cfg):
 
 
 def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
-    """A --loop_steps checkpoint (stacked step variables) written by
+    """A --loop_steps checkpoint (stacked step variables, as every run's) written by
     tf.train.Saver, read back by load_checkpoint: raw and Polyak weights each
     give the graph's objective (the Polyak one through the eval getter)."""
     cfg = run_config("invconv_lu", "affine", learntop=True, ycond=True)

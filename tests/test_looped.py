@@ -1,11 +1,11 @@
 """--loop_steps (looped.py): looped steps give the unrolled model's losses,
-gradients (every mode) and data-dependent init, create their stacked
-variables without unrolling, and keep the graph from growing with depth."""
+gradients (every mode) and data-dependent init on the same variables (one
+layout, stacked.py), create them without unrolling, and keep the graph from
+growing with depth."""
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
-import looped
 import memory_saving_gradients as msg
 import model as glow_model
 from test_memory_saving_gradients import BATCH, CHECKPOINTED, IMAGE, _build, _images, _run, losses, small_glow, variant
@@ -16,85 +16,47 @@ def looped_glow(glow):
     return variant(glow, loop=True)
 
 
-def as_looped(values, stack=np.stack):
-    """{unrolled variable name: value} -> {looped name: value}: each step
-    variable's values stacked over the steps (looped.step_key)."""
-    out, rows = {}, {}
-    for name, value in values.items():
-        key = looped.step_key(name)
-        if key is None:
-            out[name] = value
-        else:
-            rows.setdefault(key[0], {})[key[1]] = value
-    for name, steps in rows.items():
-        assert sorted(steps) == list(range(len(steps))), (name, sorted(steps))
-        out[name] = stack([steps[i] for i in range(len(steps))])
-    return out
-
-
-def copy_unrolled_into_looped():
-    """An op giving the looped build's stacked step variables the values of
-    the unrolled build's, in a graph that holds both."""
-    by_name = dict((v.op.name, v) for v in tf.global_variables())
-    stacked = as_looped(dict((name, tf.convert_to_tensor(v)) for name, v in by_name.items()
-                             if looped.step_key(name) is not None), stack=tf.stack)
-    assert stacked and all(name in by_name for name in stacked), sorted(set(stacked) - set(by_name))
-    return tf.group(*[by_name[name].assign(value) for name, value in stacked.items()])
-
-
-def test_step_key():
-    assert looped.step_key("model/0/3/actnorm/b") == ("model/0/step/actnorm/b", 3)
-    assert looped.step_key("ema/model/2/11/f1/l_1/W/m") == ("ema/model/2/step/f1/l_1/W/m", 11)
-    assert looped.step_key("model/pool0/conv/W") is None
-    assert looped.step_key("model/0/step/actnorm/b") is None
-
-
 @pytest.mark.parametrize("permutation,coupling", [("invconv_lu", "affine"), ("shuffle", "additive")])
 def test_looped_steps_equal_unrolled_float64(permutation, coupling):
-    """loop_steps=True, given the unrolled model's weights (each step
-    variable stacked over the steps), gives its loss and, in every mode, its
-    gradients (stacked the same way); decode inverts encode through the
-    reversed loop. invconv_lu and shuffle bring non-trainable float and int
-    variables."""
+    """loop_steps=True, on the unrolled model's variables (the same ones: one
+    layout), gives its loss and, in every mode, its gradients; decode inverts
+    encode through the reversed loop. invconv_lu and shuffle bring
+    non-trainable float and int variables."""
     glow = small_glow(permutation, coupling)
     looped_model = looped_glow(glow)
     with tf.Graph().as_default():
         tf.set_random_seed(3)
         init, plain, plain_grads = _build(glow, ("none",), seed=3)
-        unrolled_params = [v.op.name for v in tf.trainable_variables()]
+        params = tf.trainable_variables()
         x = tf.constant(_images(3))
         loss, grads = {}, {}
         for mode in ("none",) + CHECKPOINTED:
             loss[mode] = tf.reduce_mean(losses(glow, x, None, mode, loop=True)["loss"])
-            params = [v for v in tf.trainable_variables() if looped.step_key(v.op.name) is None]
             grads[mode] = msg.gradients(loss[mode], params, mode=mode)
-        looped_params = [v.op.name for v in params]
-        assert set(looped_params) == set(as_looped(dict.fromkeys(unrolled_params, 0)))
+        assert tf.trainable_variables() == params  # no variable of its own
         errors = {m: msg.reconstruction_error(loss[m]) for m in CHECKPOINTED}
         x_float = looped_model.preprocess(x)
         round_trip = tf.reduce_max(tf.abs(looped_model.decode(looped_model.encode(x_float).eps) - x_float))
         out = _run(init, {"plain": plain["none"], "plain_grads": plain_grads["none"], "losses": loss,
-                          "grads": grads, "errors": errors, "round_trip": round_trip}, seed=3,
-                   then=copy_unrolled_into_looped())
+                          "grads": grads, "errors": errors, "round_trip": round_trip}, seed=3)
     assert out["round_trip"] < 1e-10
     assert out["errors"]["recompute"] == 0.0
     assert 0.0 < out["errors"]["invertible"] < 1e-9, out["errors"]
-    expected = as_looped(dict(zip(unrolled_params, out["plain_grads"])))
     for mode in ("none",) + CHECKPOINTED:
         assert out["losses"][mode] == pytest.approx(out["plain"], rel=1e-12)
-        for name, ours in zip(looped_params, out["grads"][mode]):
-            plain_g = expected[name]
+        for v, ours, plain_g in zip(params, out["grads"][mode], out["plain_grads"]):
             assert np.max(np.abs(plain_g)) > 0
             np.testing.assert_allclose(ours, plain_g, rtol=1e-9, atol=1e-12 * np.max(np.abs(plain_g)),
-                                       err_msg="%s %s" % (mode, name))
+                                       err_msg="%s %s" % (mode, v.op.name))
 
 
 @pytest.mark.parametrize("permutation,coupling", [("invconv_lu", "affine"), ("shuffle", "additive")])
 def test_looped_init_equals_unrolled_float64(permutation, coupling, monkeypatch):
     """The looped data-dependent init sets every actnorm (flow steps' and
     coupling convs') of every step to the unrolled init pass's statistics,
-    and returns its loss. (The init pass dequantises: its noise, drawn by
-    two different ops, is set to half a bin here.)"""
+    and returns its loss: each pass run from the same initial values. (The
+    init pass dequantises: its noise, drawn by two different ops, is set to
+    half a bin here.)"""
     monkeypatch.setattr(glow_model.Glow, "dequantize", lambda self, x: x + 0.5 / self.n_bins)
     glow = small_glow(permutation, coupling)
     looped_model = looped_glow(glow)
@@ -103,31 +65,31 @@ def test_looped_init_equals_unrolled_float64(permutation, coupling, monkeypatch)
         x = tf.constant(_images(3))
         unrolled_init = glow.init_op(x, None)
         looped_init = looped_model.init_op(x, None)
-        copy = copy_unrolled_into_looped()
-        stats = [v for v in tf.global_variables() if "/actnorm/" in v.op.name]
-        unrolled_stats = [v.op.name for v in stats if looped.step_key(v.op.name) is not None]
-        looped_stats = [v for v in stats if "/step/" in v.op.name]
-        assert len(unrolled_stats) == 2 * 2 * 3 * 3  # b and logs, 2 levels x 3 steps x (step, l_1, l_2)
-        assert len(looped_stats) == 2 * 2 * 3  # the same stacked over the steps
+        variables = tf.global_variables()
+        stats = [v for v in variables if "/actnorm/" in v.op.name]
+        assert len(stats) == 2 * 2 * 3  # b and logs, 2 levels x (step, l_1, l_2), each stacked over the 3 steps
+        assert all(v.get_shape().as_list()[0] == 3 for v in stats)
+        results = []
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
+            start = sess.run(variables)
             assert not any(np.any(v) for v in sess.run(stats))  # zeros before init
-            sess.run(copy)  # the same random conv weights for both passes
-            losses = sess.run([unrolled_init, looped_init])
-            values = dict(zip([v.op.name for v in stats], sess.run(stats)))
-    assert losses[1] == pytest.approx(losses[0], rel=1e-12)
-    expected = as_looped(dict((name, values[name]) for name in unrolled_stats))
-    for v in looped_stats:
-        a, b = expected[v.op.name], values[v.op.name]
+            for init in (unrolled_init, looped_init):
+                for v, value in zip(variables, start):  # the same random conv weights for both passes
+                    v.load(value, sess)
+                results.append((sess.run(init), sess.run(stats)))
+    (unrolled_loss, expected), (looped_loss, ours) = results
+    assert looped_loss == pytest.approx(unrolled_loss, rel=1e-12)
+    for v, a, b in zip(stats, expected, ours):
         assert np.all(np.max(np.abs(a.reshape(len(a), -1)), axis=1) > 0), v.op.name  # every step's row set
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12, err_msg=v.op.name)
 
 
 def test_looped_init_creates_the_variables_without_unrolling():
-    """Built first, the looped model creates the unrolled model's variables,
-    each step variable stacked over the steps (names, shapes, and the
-    NumPy-drawn initial values of the 1x1 convs, row by row), and its init
-    graph does not grow with depth the way an unrolled one does."""
+    """Built first, the looped model creates the unrolled model's variables
+    (names, shapes, and the NumPy-drawn initial values of the 1x1 convs, row
+    by row), and its init graph does not grow with depth the way an unrolled
+    one does."""
     def init_graph(glow):
         graph = tf.Graph()
         with graph.as_default():
@@ -141,7 +103,6 @@ def test_looped_init_creates_the_variables_without_unrolling():
 
     n_unrolled, unrolled = init_graph(small_glow())
     n_looped, looped_model = init_graph(looped_glow(small_glow()))
-    unrolled = as_looped(unrolled)
     assert sorted(looped_model) == sorted(unrolled)
     assert sum(name.endswith("invconv/W") for name in looped_model) == 2
     for name, value in unrolled.items():

@@ -78,7 +78,7 @@ def test_gradients_equal_plain_float64(permutation, coupling):
         init, losses, grads = _build(glow, ("none",) + CHECKPOINTED)
         names = [v.name for v in tf.trainable_variables()]
         out = _run(init, {"losses": losses, "grads": grads})
-    assert len(names) > 30
+    assert len(names) > 20  # 2 levels' stacked variables: the test compares each
     for mode in CHECKPOINTED:
         assert out["losses"][mode] == pytest.approx(out["losses"]["none"], rel=1e-12)
         assert all(g is not None for g in grads[mode]), mode

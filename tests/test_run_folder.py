@@ -187,6 +187,6 @@ def test_packed_run_is_used_like_the_run_and_not_resumed(run_folder, tmp_path, c
                           ("extra", dict(values, **{"model/9/0/actnorm/b": np.zeros(3, np.float32)}))):
         folder = str(tmp_path / name)
         checkpoints.write_model_only(packed_prefix, os.path.join(folder, "checkpoints"), lambda k: False)
-        checkpoints._write(changed, checkpoints.latest(os.path.join(folder, "checkpoints")))
+        checkpoints.write_values(changed, checkpoints.latest(os.path.join(folder, "checkpoints")))
         assert train.cli(["--logdir", folder, "--evaluate", "--n_test", "8"]) == 2
         assert (ema if name == "missing" else "model/9/0/actnorm/b") in capsys.readouterr().err

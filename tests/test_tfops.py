@@ -154,7 +154,7 @@ def test_coupling_rejects_odd_channels():
 def test_a_graph_with_an_invconv_is_freed():
     """Nothing process-wide keeps a graph alive once it is dropped (a
     tf.custom_gradient would: its gradient closure is registered for good),
-    so the scratch graphs that Glow(loop_steps=True) builds its steps'
+    so the scratch graphs that a model builds its steps'
     variables in cost nothing after."""
     graph = tf.Graph()
     with graph.as_default():

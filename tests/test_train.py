@@ -10,6 +10,7 @@ need a trained run (the modes, the two weightings, a singular 1x1 conv)
 share the 10-epoch run that the first test checks (fixture `trained`): each
 works on a copy of its folder, or restores its checkpoint first."""
 import contextlib
+import glob
 import io
 import os
 import re
@@ -370,8 +371,8 @@ def test_raw_and_polyak_evaluations_and_the_worst_image(opened):
 
 
 def test_loop_steps_trains_and_its_checkpoint_restores_unrolled(tmp_path):
-    """--loop_steps with invertible backprop trains; its checkpoint (step
-    variables stacked over the steps) restores into the unrolled model too,
+    """--loop_steps with invertible backprop trains; its checkpoint (the one
+    layout, stacked.py) restores into the unrolled model too,
     so encoding the test set from it with and without --loop_steps gives
     the same latents."""
     status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "10", "--loop_steps",
@@ -394,42 +395,71 @@ def _write_checkpoint(prefix, values):
             tf.train.Saver(variables).save(sess, prefix)
 
 
-def test_checkpoint_layouts_convert_both_ways(tmp_path):
-    """Unrolled step variables (and their slots) stack into the looped
-    layout and unstack back; the written checkpoint is left as it was; a
-    variable in neither layout is named in the error."""
+def _as_old_layout(values):
+    """{key: value} in the layout of runs before stacked.py: row i of a
+    level's <...>/<level>/step/<name> as <...>/<level>/<i>/<name>."""
+    out = {}
+    for key, value in values.items():
+        if "/step/" not in key:
+            out[key] = value
+        for i in range(len(value) if "/step/" in key else 0):
+            out[key.replace("/step/", "/%d/" % i)] = value[i]
+    return out
+
+
+def test_an_old_run_folder_upgrades_and_then_loads(tmp_path, capsys):
+    """A run folder from before the one layout (each step's variables its
+    own) is refused with a one-line error naming the upgrade; after
+    scripts/upgrade_run.py it loads and gives the latents it gave before;
+    upgrading again changes nothing."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import upgrade_run
+    status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "3")
+    assert status == 0 and _run(tmp_path, "--inference")[0] == 0
+    latents = np.load(os.path.join(logdir, "z.npy"))
+    prefixes = [p[:-len(".index")] for p in sorted(glob.glob(os.path.join(logdir, "*", "*.index")))]
+    assert prefixes
+    for prefix in prefixes:
+        reader = tf.train.load_checkpoint(prefix)
+        values = dict((k, reader.get_tensor(k)) for k in reader.get_variable_to_shape_map())
+        assert any("/step/" in k for k in values)
+        for path in glob.glob(prefix + ".*"):
+            os.remove(path)
+        checkpoints.write_values(dict((k, np.asarray(v)) for k, v in _as_old_layout(values).items()), prefix)
+    capsys.readouterr()
+    assert train.cli(TINY + ["--logdir", logdir, "--inference"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: ") and "scripts/upgrade_run.py" in err[0] and "model/0/step/" in err[0], err
+    assert upgrade_run.main([logdir]) == 0
+    assert capsys.readouterr().out.count(": upgraded") == len(prefixes)
+    assert _run(tmp_path, "--inference")[0] == 0
+    np.testing.assert_array_equal(np.load(os.path.join(logdir, "z.npy")), latents)
+    assert upgrade_run.main([logdir]) == 0
+    assert capsys.readouterr().out.count(": already stacked") == len(prefixes)
+    left = [os.path.join(logdir, "*", pattern) for pattern in ("*.before-upgrade", "*.upgraded*")]
+    assert not glob.glob(left[0]) + glob.glob(left[1])
+
+
+def test_a_checkpoint_must_hold_this_models_variables(tmp_path):
+    """check_holds names a variable the checkpoint lacks, one of another
+    shape, and one this model does not have (a smaller model must not load
+    part of a larger one and train on); the optional ones may be absent."""
     rng = np.random.RandomState(0)
-    unrolled = dict(("%smodel/1/%d/actnorm/b%s" % (pre, i, post), rng.randn(3).astype(np.float32))
-                    for i in range(4) for pre, post in (("", ""), ("optim/", "/m")))
-    unrolled["model/pool0/conv/W"] = rng.randn(2, 2).astype(np.float32)
-    stacked = {"model/1/step/actnorm/b": np.stack([unrolled["model/1/%d/actnorm/b" % i] for i in range(4)]),
-               "optim/model/1/step/actnorm/b/m": np.stack([unrolled["optim/model/1/%d/actnorm/b/m" % i]
-                                                           for i in range(4)]),
-               "model/pool0/conv/W": unrolled["model/pool0/conv/W"]}
-    for name, source, target in (("unrolled", unrolled, stacked), ("stacked", stacked, unrolled)):
-        prefix = str(tmp_path / name / "model.ckpt")
-        _write_checkpoint(prefix, source)
-        shapes = dict((k, list(v.shape)) for k, v in target.items())
-        assert checkpoints.in_layout(prefix, dict((k, list(v.shape)) for k, v in source.items()),
-                                     str(tmp_path)) == prefix
-        converted = checkpoints.in_layout(prefix, shapes, str(tmp_path))
-        assert converted != prefix
-        reader = tf.train.load_checkpoint(converted)
-        assert sorted(reader.get_variable_to_shape_map()) == sorted(target)
-        for key, value in target.items():
-            np.testing.assert_array_equal(reader.get_tensor(key), value, err_msg=key)
-        assert sorted(tf.train.load_checkpoint(prefix).get_variable_to_shape_map()) == sorted(source)
+    values = {"model/1/step/actnorm/b": rng.randn(4, 3).astype(np.float32),
+              "optim/model/1/step/actnorm/b/m": rng.randn(4, 3).astype(np.float32),
+              "model/pool0/conv/W": rng.randn(2, 2).astype(np.float32)}
+    prefix = str(tmp_path / "model.ckpt")
+    _write_checkpoint(prefix, values)
+    shapes = dict((k, list(v.shape)) for k, v in values.items())
+    checkpoints.check_holds(prefix, dict(shapes, **{"run/config": []}), optional=["run/config"])
     with pytest.raises(ValueError, match="does not hold 1 of this model's variables, e.g. model/2/step/actnorm/b"):
-        checkpoints.in_layout(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}), str(tmp_path))
+        checkpoints.check_holds(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}))
     with pytest.raises(ValueError, match=r"model/1/step/actnorm/b \(shape \[4, 3\] in the checkpoint, \[5, 3\]"):
-        checkpoints.in_layout(str(tmp_path / "stacked" / "model.ckpt"), {"model/1/step/actnorm/b": [5, 3]},
-                              str(tmp_path))
-    # A checkpoint of a larger model: what this model lacks is named, in
-    # either layout (a smaller model must not load part of it and train on).
-    fewer = dict((k, list(v.shape)) for k, v in stacked.items() if k != "model/pool0/conv/W")
-    for name in ("stacked", "unrolled"):
-        with pytest.raises(ValueError, match="holds 1 variables this model does not have, e.g. model/pool0/conv/W"):
-            checkpoints.in_layout(str(tmp_path / name / "model.ckpt"), fewer, str(tmp_path))
+        checkpoints.check_holds(prefix, dict(shapes, **{"model/1/step/actnorm/b": [5, 3]}))
+    fewer = dict((k, s) for k, s in shapes.items() if k != "model/pool0/conv/W")
+    with pytest.raises(ValueError, match="holds 1 variables this model does not have, e.g. model/pool0/conv/W"):
+        checkpoints.check_holds(prefix, fewer)
+    checkpoints.check_holds(prefix, fewer, left_out=lambda k: k.startswith("model/pool"))
 
 
 @pytest.mark.parametrize("flags,message", [
