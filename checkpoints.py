@@ -19,8 +19,7 @@ import utils
 
 CONFIG_KEY = "run/config"
 STATE_KEY = "run/state"
-# Run state of checkpoints written before RunState (one variable each).
-_LEGACY_STATE = dict(("run/" + field, field) for field in ("epoch", "n_processed", "lr_scale", "best_test"))
+UPGRADE = "upgrade its run folder: python scripts/upgrade_run.py FOLDER"  # (checkpoints of older versions)
 
 
 class RunState(object):
@@ -103,33 +102,29 @@ class DiskFull(RuntimeError):
     """No space left to save where a run writes: the message says where, how much is free and what to do."""
 
 
-def no_space(error):
-    """True if `error` (an OSError or a TensorFlow op error) says the device is full."""
-    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
-
-
-def disk_full(folder, needed, cause):
-    """A DiskFull for a write of about `needed` bytes into `folder` that failed with `cause`."""
-    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
-    return DiskFull("no space left on the device of %s (%.1f MB free, about %.1f MB needed; %s): free some space, "
-                    "then continue with --resume" % (folder, free / 1e6, needed / 1e6, str(cause).split("\n")[0]))
+def with_room(write, make_room, folder, needed, clean_up=lambda: None):
+    """write(); if the device is full (an OSError or a TensorFlow op error saying so): clean_up(), make_room() and
+    write() once more. A DiskFull (free space and needed(), bytes, into `folder`) if no room was made or it fails
+    again."""
+    for attempt in (1, 2):
+        try:
+            return write()
+        except (tf.errors.OpError, OSError) as e:
+            if getattr(e, "errno", None) != errno.ENOSPC and "No space left on device" not in str(e):
+                raise
+            clean_up()
+            if attempt == 2 or not make_room():
+                free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+                raise DiskFull("no space left on the device of %s (%.1f MB free, about %.1f MB needed; %s): free "
+                               "some space, then continue with --resume"
+                               % (folder, free / 1e6, needed() / 1e6, str(e).split("\n")[0])) from e
 
 
 def saved_config(prefix):
-    """The run config a checkpoint was written with (a dict), or, for a checkpoint from before checkpoints carried
-    it, the first line of its run folder's train.txt; None if neither exists (flags must then describe the model)."""
+    """The run config a checkpoint was written with (a dict), or None for one written before checkpoints carried it
+    (scripts/upgrade_run.py adds it)."""
     reader = tf.train.load_checkpoint(prefix)
-    if reader.has_tensor(CONFIG_KEY):
-        return json.loads(tf.compat.as_text(reader.get_tensor(CONFIG_KEY)))
-    log = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), "train.txt")
-    lines = utils.read_jsonl(log, skip_invalid=True) if os.path.exists(log) else None
-    return lines[0] if lines else None
-
-
-def step_of(prefix):
-    """The training step in a checkpoint's name (model.ckpt-<step>), or 0."""
-    tail = prefix.rsplit("-", 1)
-    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else 0
+    return json.loads(tf.compat.as_text(reader.get_tensor(CONFIG_KEY))) if reader.has_tensor(CONFIG_KEY) else None
 
 
 class Checkpoints(object):
@@ -162,16 +157,9 @@ class Checkpoints(object):
         prefix = "%s-%d" % (target, state.step)
         # Saved at this step already: keep its files. (TF 1.15's check raises where the folder does not exist.)
         complete_before = os.path.isdir(folder) and tf.train.checkpoint_exists(prefix)
-        for attempt in (1, 2):
-            try:
-                return saver.save(sess, target, global_step=state.step, write_meta_graph=False)
-            except (tf.errors.OpError, OSError) as e:
-                if not no_space(e):
-                    raise
-                _remove_partial(prefix, keep_final=complete_before)
-                if attempt == 2 or not self.make_room(logdir):
-                    raise disk_full(folder, self.size(logdir), e) from e
-        raise AssertionError("unreachable")
+        return with_room(lambda: saver.save(sess, target, global_step=state.step, write_meta_graph=False),
+                         lambda: self.make_room(logdir), folder, lambda: self.size(logdir),
+                         lambda: _remove_partial(prefix, keep_final=complete_before))
 
     def make_room(self, logdir):
         """Delete the older of the two checkpoints kept in logdir/checkpoints (never the newest). True if one was."""
@@ -191,13 +179,9 @@ class Checkpoints(object):
 
     def restore(self, sess, prefix):
         """Load checkpoint `prefix` into the graph's variables (check_holds says what it must hold). Returns its
-        RunState (the default one for a checkpoint that has none)."""
-        have = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-        absent = [key for key in (CONFIG_KEY, STATE_KEY) if key not in have]  # (written before checkpoints had them)
-        check_holds(prefix, self.shapes, optional=absent)
-        saver = self.saver if not absent else tf.train.Saver(
-            [v for v in tf.global_variables() if v.op.name not in absent], save_relative_paths=True)
-        saver.restore(sess, prefix)
+        RunState."""
+        check_holds(prefix, self.shapes)
+        self.saver.restore(sess, prefix)
         sess.run(self._set_config)
         return read_state(prefix)
 
@@ -221,13 +205,11 @@ def _remove_partial(prefix, keep_final=False):
 
 
 def read_state(prefix):
-    """The RunState a checkpoint carries (the default one for a checkpoint that has none)."""
+    """The RunState a checkpoint carries."""
     reader = tf.train.load_checkpoint(prefix)
-    if reader.has_tensor(STATE_KEY):
-        return RunState.from_json(tf.compat.as_text(reader.get_tensor(STATE_KEY)))
-    legacy = dict((field, reader.get_tensor(key).item()) for key, field in _LEGACY_STATE.items()
-                  if reader.has_tensor(key))
-    return RunState(step=step_of(prefix), **legacy)
+    if not reader.has_tensor(STATE_KEY):
+        raise ValueError("checkpoint %s carries no run state (written before checkpoints did): %s" % (prefix, UPGRADE))
+    return RunState.from_json(tf.compat.as_text(reader.get_tensor(STATE_KEY)))
 
 
 class ModelWeights(object):
@@ -247,37 +229,21 @@ class ModelWeights(object):
         return read_state(prefix)
 
 
-def write_model_only(prefix, folder, left_out):
-    """A copy of checkpoint `prefix` without the keys `left_out` accepts (the optimizer's state), as
-    folder/model.ckpt-<step> with its `checkpoint` index: a checkpoint to use a model, not to resume its training.
-    Returns the new prefix."""
-    reader = tf.train.load_checkpoint(prefix)
-    keys = [k for k in reader.get_variable_to_shape_map() if not left_out(k)]
-    os.makedirs(folder, exist_ok=True)
-    out = os.path.join(os.path.abspath(folder), os.path.basename(prefix))
-    write_values(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
-    name = os.path.basename(out)  # relative to the folder, which can then move (TF keeps it so for an absolute one)
-    tf.train.update_checkpoint_state(os.path.abspath(folder), name, all_model_checkpoint_paths=[name])
-    return out
-
-
-def check_holds(prefix, shapes, left_out=None, optional=()):
+def check_holds(prefix, shapes, left_out=None):
     """A ValueError naming what is wrong unless checkpoint `prefix` holds the variables `shapes` ({key: shape}, a
-    graph's saver keys; those in `optional` may be absent) with those shapes, and no variable this model has no use
-    for (written with other flags: a smaller model must not load part of it and train on) that `left_out(key)` does
-    not accept."""
+    graph's saver keys) with those shapes, and no variable this model has no use for (written with other flags: a
+    smaller model must not load part of it and train on) that `left_out(key)` does not accept."""
     have = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    missing = [key for key in sorted(shapes) if key not in have and key not in optional]
+    missing = [key for key in sorted(shapes) if key not in have]
     missing += ["%s (shape %s in the checkpoint, %s here)" % (key, list(have[key]), shape)
                 for key, shape in sorted(shapes.items()) if key in have and list(have[key]) != list(shape)]
     if missing:
-        old = "/%s/" % stacked.STEP_SCOPE
-        hint = (" (if it was written before the flow steps' variables were stacked, upgrade its run folder: python "
-                "scripts/upgrade_run.py FOLDER)" if any(old in k for k in missing) and not any(old in k for k in have)
-                else "")
+        old = "/%s/" % stacked.STEP_SCOPE  # none in checkpoints from before the flow steps' variables were stacked
+        hint = (" (if it was written by an older version: %s)" % UPGRADE if CONFIG_KEY not in have or (
+            any(old in k for k in missing) and not any(old in k for k in have)) else "")
         raise ValueError("checkpoint %s does not hold %d of this model's variables, e.g. %s: it was written by a "
                          "model with other flags%s" % (prefix, len(missing), ", ".join(missing[:3]), hint))
-    unused = sorted(k for k in have if k not in shapes and k not in _LEGACY_STATE and not (left_out and left_out(k)))
+    unused = sorted(k for k in have if k not in shapes and not (left_out and left_out(k)))
     if unused:
         raise ValueError("checkpoint %s holds %d variables this model does not have, e.g. %s: it was written by a "
                          "model with other flags" % (prefix, len(unused), ", ".join(unused[:3])))

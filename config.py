@@ -210,9 +210,6 @@ class Config(object):
     def __init__(self, fields):
         self.__dict__.update(fields)
 
-    def __getattr__(self, name):  # only called for a name that is not a field
-        raise AttributeError("config has no field %r" % name)
-
     def __setattr__(self, name, value):
         raise AttributeError("config is read-only: cannot set %s (derive_config sets everything once)" % name)
 
@@ -256,21 +253,6 @@ def adopt_run(args, saved, source):
     adopted = ("problem", "category") + (RESUME_FLAGS if args.resume else RECIPE_FLAGS if mode else ())
     values.update((flag, saved[flag]) for flag in adopted if flag not in given and flag in saved)
     return argparse.Namespace(**values)
-
-
-def from_flags(image_shape, n_y, n_train, n_test, n_ranks=1, **flags):
-    """A Config from code: the flags' defaults with `flags` (by name, values
-    as Python objects or as on the command line) and the data's facts."""
-    parser = build_parser()
-    args, by_dest = parser.parse_args([]), dict((action.dest, action) for action in parser._actions)
-    for name, value in flags.items():
-        if name not in by_dest or name == "help":
-            raise ValueError("from_flags: no flag --%s" % name)
-        if isinstance(value, str) and by_dest[name].type is not None:
-            value = by_dest[name].type(value)
-        setattr(args, name, value)
-    args.unknown_args, args.given = [], sorted(flags)
-    return derive_config(args, image_shape, n_y, n_train, n_test, n_ranks)
 
 
 def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks, **settled):

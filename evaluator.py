@@ -29,25 +29,19 @@ class Evaluator(object):
     weighting (fed), and the per-image gather across ranks. On the NPU every graph has a static batch (the Ascend
     compiler's need; see _run)."""
 
-    lazy = True  # sampling and decoding graphs built on first use (the graph stays open for them)
-
     def __init__(self, cfg, backend, session_factory):
         self.cfg, self.backend = cfg, backend
         self.static_shapes = cfg.device == "npu"
-        self.glow = glow_model.Glow.from_config(cfg, run_steps=self._run_steps())
+        # How the model runs a level's steps: a looped run's loop, else unrolled.
+        self.glow = glow_model.Glow.from_config(cfg, run_steps=looped.looped_steps("none") if cfg.loop_steps
+                                                else stacked.unrolled_steps)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.set_random_seed(backend.rank_seed(cfg.seed))
             # The Polyak average lives beside the model: its variables are created on the first graph's reads.
             self.ema = optim.Polyak([], cfg.polyak_decay)
             self._build()
-            if not self.lazy:
-                self.graph.finalize()
         self.sess = session_factory(self.graph)
-
-    def _run_steps(self):
-        """How the model runs a level's steps (model.Glow's run_steps): a looped run's loop, else unrolled."""
-        return looped.looped_steps("none") if self.cfg.loop_steps else stacked.unrolled_steps
 
     def _inputs(self, name, batch):
         """uint8 images [B, H, W, C] and int32 labels [B]."""
@@ -76,12 +70,8 @@ class Evaluator(object):
         eval_stats, enc = glow.stats(glow.preprocess(self.x_test) + self.noise_test, self.y_test, custom_getter=ema)
         self.eval_per_example = [eval_stats[k] for k in STATS]
         self._ema_getter, self.samples, self.x_decoded = ema, None, None
-        if not self.lazy:
-            self._build_sampling()
         self.z_flat = glow.flatten(enc.eps)  # [B, D]
         self.z_sizes = [int(np.prod(shape)) for shape in glow.eps_shapes]  # each level's share of z, first level first
-        if not self.lazy:
-            self._build_decoding()
         self.gather_in = tf.placeholder(tf.float32, [None], name="gather_in")
         self.gather_out = backend.allreduce_mean(self.gather_in) * float(backend.size())
 

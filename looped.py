@@ -109,7 +109,7 @@ class _LoopedLevel(object):
         @tf.custom_gradient
         def checkpointed(z, logdet, *reads):
             record.stacks = stacks = dict(zip(self.names, reads))
-            kept = [self._arrays(z)] if mode == "recompute" else []
+            kept = [self.arrays(z)] if mode == "recompute" else []
             z_out, logdet, *kept = self.forward(z, logdet, stacks, False, kept)
 
             def grad_fn(dz, dlogdet, variables=None):
@@ -121,7 +121,7 @@ class _LoopedLevel(object):
 
         return msg.register(record, *checkpointed(z, logdet, *[reads[name] for name in self.names]))
 
-    def _arrays(self, z):
+    def arrays(self, z):
         """A TensorArray for each step's input (or output), like z."""
         return tf.TensorArray(z.dtype, size=self.depth, element_shape=z.get_shape())
 
@@ -143,17 +143,6 @@ class _LoopedLevel(object):
         # d logdet_in = d logdet_out: each step adds to the log-det it is given.
         return [out[1], dlogdet] + [ta.stack() for ta in out[2:]]
 
-    def inputs_both_ways(self, record):
-        """[depth, ...] stacks of each step's input from the forward pass and as the backward pass has it (the same for
-        'recompute'; the steps' inverses from the level's output for 'invertible'), for msg.reconstruction_error."""
-        z_in, logdet = record.z_in, record.logdet_in
-        forward_inputs = self.forward(z_in, logdet, record.stacks, False, [self._arrays(z_in)])[2].stack()
-        if record.mode == "recompute":
-            return forward_inputs, forward_inputs
-        rebuilt = self.forward(record.op.inputs[0], logdet, record.stacks, False, [self._arrays(z_in)], backwards=True)
-        # Row i, written before each inverse, is step i's output (step i+1's input); the last inverse gives step 0's.
-        return forward_inputs, tf.concat([rebuilt[0][None], rebuilt[2].stack()[:-1]], axis=0)
-
 
 class LoopedRecord(msg.FlowRecord):
     """A checkpointed looped level: the level, its input, and the variables' stacked reads its loops use (`stacks`,
@@ -164,4 +153,13 @@ class LoopedRecord(msg.FlowRecord):
         self.level, self.z_in, self.logdet_in, self.stacks = level, z_in, logdet_in, None
 
     def both_inputs(self):
-        return self.level.inputs_both_ways(self)
+        """[depth, ...] stacks of each step's input from the forward pass and as the backward pass has it (the same for
+        'recompute'; the steps' inverses from the level's output for 'invertible'), for msg.reconstruction_error."""
+        level, z_in = self.level, self.z_in
+        forward_inputs = level.forward(z_in, self.logdet_in, self.stacks, False, [level.arrays(z_in)])[2].stack()
+        if self.mode == "recompute":
+            return forward_inputs, forward_inputs
+        rebuilt = level.forward(self.op.inputs[0], self.logdet_in, self.stacks, False, [level.arrays(z_in)],
+                                backwards=True)
+        # Row i, written before each inverse, is step i's output (step i+1's input); the last inverse gives step 0's.
+        return forward_inputs, tf.concat([rebuilt[0][None], rebuilt[2].stack()[:-1]], axis=0)

@@ -17,6 +17,8 @@ import platform
 import tensorflow.compat.v1 as tf
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
+import utils
+
 DEVICES = ("cpu", "gpu", "npu")
 BACKENDS = ("none", "horovod", "hccl")
 BACKEND_DEVICES = {"none": DEVICES, "horovod": ("cpu", "gpu"), "hccl": ("npu",)}  # what each can drive
@@ -26,11 +28,6 @@ HOROVOD_PIP = "HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install horovod
 NpuBridge = collections.namedtuple("NpuBridge", ["npu_ops", "hccl_ops"])
 
 
-def _check_choice(what, value, choices):
-    if value not in choices:
-        raise ValueError("%s %r: must be one of %s" % (what, value, ", ".join(choices)))
-
-
 def session_config(device, local_rank=0, precision_mode="allow_fp32_to_fp16", xla=False,
                    intra_threads=0, inter_threads=0):
     """tf.ConfigProto for `device`, from plain TF protos (no npu_bridge needed). cpu: no GPU. gpu: the GPU at
@@ -38,8 +35,8 @@ def session_config(device, local_rank=0, precision_mode="allow_fp32_to_fp16", xl
     running the graph on the NPU (`use_off_line`) in `precision_mode`, with Grappler's remapping and memory
     optimization off (their nodes have no NPU kernels). `precision_mode` is checked on every device, so a typo
     fails on a laptop too. xla: auto-clustering (cpu, gpu). intra/inter_threads: TF's pools, 0 = TF picks."""
-    _check_choice("device", device, DEVICES)
-    _check_choice("precision_mode", precision_mode, PRECISION_MODES)
+    utils.check_choice("device", device, DEVICES)
+    utils.check_choice("precision_mode", precision_mode, PRECISION_MODES)
     for name, value in (("local_rank", local_rank), ("intra_threads", intra_threads), ("inter_threads", inter_threads)):
         if not isinstance(value, int) or value < 0:
             raise ValueError("%s %r: must be an integer >= 0" % (name, value))
@@ -130,8 +127,8 @@ def detect_backend(requested, device, environ=None):
     PMI_SIZE > 1; then a missing horovod is an error, not a silent single-process run), else hccl on device npu with
     RANK_SIZE > 1, else none. 'none' there is an error: each process would train alone, all in one log directory."""
     env = os.environ if environ is None else environ
-    _check_choice("backend", requested, ("auto",) + BACKENDS)
-    _check_choice("device", device, DEVICES)
+    utils.check_choice("backend", requested, ("auto",) + BACKENDS)
+    utils.check_choice("device", device, DEVICES)
     launcher = _horovod_launcher(env)
     hccl_size = _int_env(env, "RANK_SIZE", 1, 1) if device == "npu" else 1
     if requested == "auto":
@@ -270,8 +267,8 @@ class HcclBackend(Backend):
 def make_backend(name, device, environ=None):
     """Backend `name` (one of BACKENDS; detect_backend resolves 'auto') on `device`. Imports horovod or
     npu_bridge only when needed; device 'npu' fails here, early, when npu_bridge is missing."""
-    _check_choice("backend", name, BACKENDS)
-    _check_choice("device", device, DEVICES)
+    utils.check_choice("backend", name, BACKENDS)
+    utils.check_choice("device", device, DEVICES)
     if device not in BACKEND_DEVICES[name]:
         raise ValueError("backend %r cannot run on device %r: it runs on %s"
                          % (name, device, ", ".join(BACKEND_DEVICES[name])))

@@ -75,21 +75,12 @@ class Run(object):
             print(*parts, flush=True)
 
     def log(self, name, scalars=None, **fields):
-        """A line of LOGDIR/<name>.txt (train, test or events); with --tensorboard
-        also `scalars` ({key: number}) as <name>/<key> at the current step."""
-        if self.chief:
-            try:
-                self.logs[name].log(**fields)
-            except OSError as e:  # a full disk: room as for a checkpoint, one more try
-                if not checkpoints.no_space(e):
-                    raise
-                if not (isinstance(self.graphs, trainer_lib.Trainer) and self.graphs.checkpoints.make_room(
-                        self.logdir)):
-                    raise checkpoints.disk_full(self.logdir, 4096, e) from e
-                try:
-                    self.logs[name].log(**fields)
-                except OSError as again:
-                    raise checkpoints.disk_full(self.logdir, 4096, again) from again
+        """A line of LOGDIR/<name>.txt (train, test or events); with --tensorboard also `scalars` ({key: number}) as
+        <name>/<key> at the current step."""
+        if self.chief:  # on a full disk: room as for a checkpoint, one more try
+            trainer = self.graphs if isinstance(self.graphs, trainer_lib.Trainer) else None
+            checkpoints.with_room(lambda: self.logs[name].log(**fields), lambda: bool(trainer) and (
+                trainer.checkpoints.make_room(self.logdir)), self.logdir, lambda: 4096)
         if scalars:
             self.summarize(*[tf.Summary.Value(tag="%s/%s" % (name, k), simple_value=float(v))
                              for k, v in scalars.items()])
@@ -385,7 +376,7 @@ def write_per_image(path, per_image, n_draws):
 def run_export(args, prefix, saved):
     """--export DIR: the checkpoint as a SavedModel and frozen graphs (export.py), from the run folder alone."""
     if saved is None:
-        raise ValueError("%s carries no run config (nor does its folder's train.txt): it cannot be exported" % prefix)
+        raise ValueError("%s carries no run config (written by an older version): %s" % (prefix, checkpoints.UPGRADE))
     functions = export.export(prefix, saved, args.export, args.weights, args.export_batch)
     print("export: the %s weights of %s -> %s (saved_model/, frozen/%s.pb with static batch %d, signatures.json)"
           % (args.weights, prefix, args.export, "{%s}" % ",".join(sorted(functions)), args.export_batch))

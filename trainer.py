@@ -14,14 +14,7 @@ import utils
 class Trainer(evaluator.Evaluator):
     """Every graph a run needs, built once on one set of weights (cfg: a config.Config): the Evaluator's, plus
     data-dependent init and the training step (gradients averaged over ranks, Adam/Adamax, the Polyak average
-    updated, skipped when not finite)."""
-
-    lazy = False  # every graph built before the first step, then the graph is final
-
-    def _training_steps(self):
-        """The level runner of the training loss: its gradients take --gradient_checkpointing's memory-saving path."""
-        return (looped.looped_steps if self.cfg.loop_steps else memory_saving_gradients.checkpointed_steps)(
-            self.cfg.gradient_checkpointing)
+    updated, skipped when not finite); the graph is final once built."""
 
     def _build(self):
         cfg, backend = self.cfg, self.backend
@@ -39,6 +32,9 @@ class Trainer(evaluator.Evaluator):
         self.broadcast = backend.broadcast_variables([v for v in tf.global_variables()
                                                       if v.dtype.base_dtype != tf.string])
         self.global_init = tf.global_variables_initializer()
+        self._build_sampling()
+        self._build_decoding()
+        self.graph.finalize()
 
     def _build_train_step(self):
         """Gradients of the mean loss (with the configured memory saving), averaged over ranks, one optimizer
@@ -47,7 +43,10 @@ class Trainer(evaluator.Evaluator):
         cfg = self.cfg
         self.lr = tf.placeholder(tf.float32, [], name="lr")
         self.loss_scale = tf.placeholder_with_default(tf.constant(1.0), [], name="loss_scale")
-        stats = self.glow.with_steps(self._training_steps()).losses(self.x, self.y)
+        # The training loss's level runner: its gradients take --gradient_checkpointing's memory-saving path.
+        run_steps = (looped.looped_steps if cfg.loop_steps else memory_saving_gradients.checkpointed_steps)(
+            cfg.gradient_checkpointing)
+        stats = self.glow.with_steps(run_steps).losses(self.x, self.y)
         loss = tf.reduce_mean(stats["loss"])
         params = tf.trainable_variables()
         grads = memory_saving_gradients.gradients(loss * self.loss_scale, params, mode=cfg.gradient_checkpointing)

@@ -183,18 +183,19 @@ def start_tf(malloc=True):
 
 def run_config(image_shape, n_levels, depth, width, permutation, coupling, learntop, batch, loop_steps,
                mode="none", xla=False):
-    """The product's run config for these values (config.from_flags): `batch`
-    is the training, init and test batch, `mode` the gradient checkpointing,
-    `xla` train.py's --xla. Opaque here: pass it to build_run and
-    loss_and_gradients."""
+    """The product's run config for these values (train.py's flags through
+    config.derive_config): `batch` is the training, init and test batch,
+    `mode` the gradient checkpointing, `xla` train.py's --xla. Opaque here:
+    pass it to build_run and loss_and_gradients."""
     import config as config_lib
 
+    flags = dict(n_levels=n_levels, depth=depth, width=width, flow_permutation=permutation, flow_coupling=coupling,
+                 n_batch_train=batch, n_batch_init=batch, n_batch_test=batch, gradient_checkpointing=mode,
+                 image_size=image_shape[0], logdir="/nonexistent-bench-logdir")
+    argv = [word for name, value in flags.items() for word in ("--" + name, str(value))]
+    argv += [flag for flag, on in (("--learntop", learntop), ("--loop_steps", loop_steps), ("--xla", xla)) if on]
     # Unlabelled (n_y 1), CIFAR-10's split sizes: neither changes the graph's ops.
-    return config_lib.from_flags(
-        list(image_shape), 1, 50000, 10000, n_levels=n_levels, depth=depth, width=width,
-        flow_permutation=permutation, flow_coupling=coupling, n_batch_train=batch, n_batch_init=batch,
-        n_batch_test=batch, gradient_checkpointing=mode, image_size=image_shape[0], learntop=learntop,
-        loop_steps=loop_steps, xla=xla, logdir="/nonexistent-bench-logdir")
+    return config_lib.derive_config(config_lib.parse_args(argv), list(image_shape), 1, 50000, 10000, 1)
 
 
 def build_run(cfg, xla=False, grappler=True):

@@ -29,14 +29,13 @@ LOGSCALE = 3.0  # actnorm and zero-conv log-scales are stored divided by 3 (open
 
 
 def load_run(prefix):
-    """The run config the checkpoint at `prefix` was written with (checkpoints.saved_config: the checkpoint's own,
-    or its run folder's train.txt config line for older checkpoints)."""
+    """The run config the checkpoint at `prefix` was written with (checkpoints.saved_config)."""
     sys.path.insert(0, ROOT)
     import checkpoints
     import model
     cfg = checkpoints.saved_config(prefix)
     if cfg is None:
-        raise ValueError("%s: carries no run config (nor is there a train.txt in its run folder)" % prefix)
+        raise ValueError("%s: carries no run config (written by an older version): %s" % (prefix, checkpoints.UPGRADE))
     missing = [k for k in model.ARCHITECTURE if k not in cfg]
     if missing:
         raise ValueError("%s: the run config lacks %s" % (prefix, ", ".join(missing)))

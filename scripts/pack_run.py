@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import checkpoints  # noqa: E402
@@ -22,6 +23,20 @@ import optim  # noqa: E402
 import trained_run  # noqa: E402
 
 LOGS = ("train.txt", "test.txt", "test_bits_per_image.csv")
+
+
+def write_model_only(prefix, folder, left_out=optim.is_state):
+    """A copy of checkpoint `prefix` without the keys `left_out` accepts (the optimizer's state), as
+    folder/model.ckpt-<step> with its `checkpoint` index: a checkpoint to use a model, not to resume its training.
+    Returns the new prefix."""
+    reader = tf.train.load_checkpoint(prefix)
+    keys = [k for k in reader.get_variable_to_shape_map() if not left_out(k)]
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(os.path.abspath(folder), os.path.basename(prefix))
+    checkpoints.write_values(dict((k, np.asarray(reader.get_tensor(k))) for k in keys), out)
+    name = os.path.basename(out)  # relative to the folder, which can then move (TF keeps it so for an absolute one)
+    tf.train.update_checkpoint_state(os.path.abspath(folder), name, all_model_checkpoint_paths=[name])
+    return out
 
 
 def main(argv):
@@ -36,8 +51,8 @@ def main(argv):
         raise ValueError("%s exists: give a new folder" % args.out)
     prefix = checkpoints.resolve(args.checkpoint or os.path.join(args.logdir, "checkpoints"))
     if checkpoints.saved_config(prefix) is None:
-        raise ValueError("%s carries no run config: a packed run could not rebuild its model" % prefix)
-    packed = checkpoints.write_model_only(prefix, os.path.join(args.out, "checkpoints"), optim.is_state)
+        raise ValueError("%s carries no run config (written by an older version): %s" % (prefix, checkpoints.UPGRADE))
+    packed = write_model_only(prefix, os.path.join(args.out, "checkpoints"))
     for name in LOGS:
         if os.path.exists(os.path.join(args.logdir, name)):
             shutil.copyfile(os.path.join(args.logdir, name), os.path.join(args.out, name))

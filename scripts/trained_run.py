@@ -56,8 +56,8 @@ class TrainedRun(object):
         prefix = checkpoints.resolve(checkpoint or logdir)
         saved = checkpoints.saved_config(prefix)
         if saved is None:
-            raise ValueError("%s: carries no run config (checkpoint variable %s, or the first line of the run's "
-                             "train.txt)" % (prefix, checkpoints.CONFIG_KEY))
+            raise ValueError("%s: carries no run config (checkpoint variable %s; written by an older version): %s"
+                             % (prefix, checkpoints.CONFIG_KEY, checkpoints.UPGRADE))
         tf.logging.set_verbosity(tf.logging.ERROR)
         tf.disable_v2_behavior()
         args = config.adopt_run(config.parse_args(["--logdir", logdir, "--evaluate"]), saved, prefix)

@@ -96,6 +96,8 @@ def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
     with tf.Graph().as_default():
         glow, init, rng = build(cfg, loop_steps=True)
         ema = optim.Polyak(tf.trainable_variables(), 0.9)  # its slots' names are the checkpoint keys
+        with tf.variable_scope("run"):  # the run config every checkpoint carries (checkpoints.CONFIG_KEY)
+            tf.get_variable("config", initializer=tf.constant(json.dumps(dict(cfg, problem="mnist"))), trainable=False)
         x_u8, noise, y, objectives = tf_objectives(glow, (None, ema.getter(True)))
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -110,8 +112,6 @@ def test_checkpoint_of_looped_steps_with_polyak_weights(tmp_path):
             expected = sess.run(objectives, {x_u8: images, noise: noise_v, y: labels})
             os.makedirs(str(tmp_path / "checkpoints"))
             prefix = tf.train.Saver().save(sess, str(tmp_path / "checkpoints" / "model.ckpt"))
-    with open(str(tmp_path / "train.txt"), "w") as f:  # a run folder from before checkpoints carried the config
-        f.write(json.dumps(dict(cfg, problem="mnist")) + "\n")
     run = density_terms.load_run(prefix)
     params = density_terms.load_checkpoint(prefix)
     assert "model/0/step/actnorm/b" in params and "optim/model/0/step/actnorm/b/ema" in params

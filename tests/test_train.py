@@ -12,6 +12,7 @@ works on a copy of its folder, or restores its checkpoint first."""
 import contextlib
 import glob
 import io
+import json
 import os
 import re
 import shutil
@@ -396,22 +397,27 @@ def _write_checkpoint(prefix, values):
 
 
 def _as_old_layout(values):
-    """{key: value} in the layout of runs before stacked.py: row i of a
-    level's <...>/<level>/step/<name> as <...>/<level>/<i>/<name>."""
+    """{key: value} as the oldest runs wrote them: row i of a level's
+    <...>/<level>/step/<name> as <...>/<level>/<i>/<name> (before stacked.py),
+    no run/config (it was train.txt's first line only) and the run state as
+    run/<field> variables (before RunState)."""
     out = {}
     for key, value in values.items():
-        if "/step/" not in key:
+        if "/step/" not in key and not key.startswith("run/"):
             out[key] = value
         for i in range(len(value) if "/step/" in key else 0):
             out[key.replace("/step/", "/%d/" % i)] = value[i]
+    state = json.loads(values[checkpoints.STATE_KEY].decode("utf-8"))
+    out.update(("run/" + k, np.asarray(state[k], np.float64 if k in ("lr_scale", "best_test") else np.int64))
+               for k in ("epoch", "n_processed", "lr_scale", "best_test"))
     return out
 
 
 def test_an_old_run_folder_upgrades_and_then_loads(tmp_path, capsys):
-    """A run folder from before the one layout (each step's variables its
-    own) is refused with a one-line error naming the upgrade; after
-    scripts/upgrade_run.py it loads and gives the latents it gave before;
-    upgrading again changes nothing."""
+    """A run folder of the oldest checkpoints (each step's variables its own,
+    no run config or state string) is refused with a one-line error naming
+    the upgrade; after scripts/upgrade_run.py it loads with its run state and
+    gives the latents it gave before; upgrading again changes nothing."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
     import upgrade_run
     status, logdir = _run(tmp_path, "--epochs", "1", "--max_steps", "3")
@@ -419,6 +425,7 @@ def test_an_old_run_folder_upgrades_and_then_loads(tmp_path, capsys):
     latents = np.load(os.path.join(logdir, "z.npy"))
     prefixes = [p[:-len(".index")] for p in sorted(glob.glob(os.path.join(logdir, "*", "*.index")))]
     assert prefixes
+    states = [checkpoints.read_state(prefix).as_dict() for prefix in prefixes]
     for prefix in prefixes:
         reader = tf.train.load_checkpoint(prefix)
         values = dict((k, reader.get_tensor(k)) for k in reader.get_variable_to_shape_map())
@@ -432,10 +439,12 @@ def test_an_old_run_folder_upgrades_and_then_loads(tmp_path, capsys):
     assert err[0].startswith("error: ") and "scripts/upgrade_run.py" in err[0] and "model/0/step/" in err[0], err
     assert upgrade_run.main([logdir]) == 0
     assert capsys.readouterr().out.count(": upgraded") == len(prefixes)
+    assert [checkpoints.read_state(prefix).as_dict() for prefix in prefixes] == states
+    assert checkpoints.saved_config(prefixes[0])["depth"] == 2
     assert _run(tmp_path, "--inference")[0] == 0
     np.testing.assert_array_equal(np.load(os.path.join(logdir, "z.npy")), latents)
     assert upgrade_run.main([logdir]) == 0
-    assert capsys.readouterr().out.count(": already stacked") == len(prefixes)
+    assert capsys.readouterr().out.count(": already current") == len(prefixes)
     left = [os.path.join(logdir, "*", pattern) for pattern in ("*.before-upgrade", "*.upgraded*")]
     assert not glob.glob(left[0]) + glob.glob(left[1])
 
@@ -443,7 +452,7 @@ def test_an_old_run_folder_upgrades_and_then_loads(tmp_path, capsys):
 def test_a_checkpoint_must_hold_this_models_variables(tmp_path):
     """check_holds names a variable the checkpoint lacks, one of another
     shape, and one this model does not have (a smaller model must not load
-    part of a larger one and train on); the optional ones may be absent."""
+    part of a larger one and train on)."""
     rng = np.random.RandomState(0)
     values = {"model/1/step/actnorm/b": rng.randn(4, 3).astype(np.float32),
               "optim/model/1/step/actnorm/b/m": rng.randn(4, 3).astype(np.float32),
@@ -451,7 +460,7 @@ def test_a_checkpoint_must_hold_this_models_variables(tmp_path):
     prefix = str(tmp_path / "model.ckpt")
     _write_checkpoint(prefix, values)
     shapes = dict((k, list(v.shape)) for k, v in values.items())
-    checkpoints.check_holds(prefix, dict(shapes, **{"run/config": []}), optional=["run/config"])
+    checkpoints.check_holds(prefix, shapes)
     with pytest.raises(ValueError, match="does not hold 1 of this model's variables, e.g. model/2/step/actnorm/b"):
         checkpoints.check_holds(prefix, dict(shapes, **{"model/2/step/actnorm/b": [4, 3]}))
     with pytest.raises(ValueError, match=r"model/1/step/actnorm/b \(shape \[4, 3\] in the checkpoint, \[5, 3\]"):
