@@ -49,6 +49,7 @@ def latest(folder, skipped=None):
     is none. A checkpoint that cannot be read whole (a truncated or corrupt file, `unreadable`) is passed over for
     the one before it, and (prefix, why) appended to the list `skipped`; if every one listed is unreadable, a
     ValueError names them."""
+    folder = os.path.abspath(folder)  # TF gives the checkpoints' paths joined to it: absolute, whatever the cwd
     for path in (folder, os.path.join(folder, "checkpoints"), os.path.join(folder, "best")):
         state = tf.train.get_checkpoint_state(path) if os.path.isdir(path) else None
         if state is None or not state.model_checkpoint_path:
@@ -58,7 +59,6 @@ def latest(folder, skipped=None):
             listed.append(state.model_checkpoint_path)
         bad = []
         for prefix in reversed(listed):  # newest first
-            prefix = prefix if os.path.isabs(prefix) else os.path.join(path, prefix)
             why = unreadable(prefix)
             if why is None:
                 if skipped is not None:

@@ -241,10 +241,12 @@ def test_spike_anatomy_finds_the_group_that_moved(tmp_path):
     variable moved (level 0, step 0, the coupling network's first conv):
     every row that takes that variable from 'after' gives the after loss,
     every other row the before loss. Tolerance: the rows evaluate the same
-    images through the same graph with bit-equal weights, so only the CPU
-    kernels' thread-dependent summation order can differ: a float32 sum of
-    1,024 log-density terms reordered moves it by at most n u = 6e-5 of
-    itself; rtol 1e-5 on the mean bits/dim (seen: equal)."""
+    images through the same graph with bit-equal weights, so only a
+    thread-dependent summation order in the CPU kernels could differ: an
+    image's log-density sums about 2,000 float32 terms of at most ~10 nats,
+    which a reordering moves by at most n u sum|t| = 2e3 * 6e-8 * 2e4 = 2.4
+    nats = 3.4e-3 bits/dim, about 1e-3 of the ~2.9 here: rtol 1e-3, against
+    a move of 0.089 bits/dim (seen: every row equal to its expected one)."""
     from benchmarks import spike_anatomy
     import checkpoints
     pretrained = os.path.join(ROOT, "pretrained", "fashion-mnist")
@@ -255,7 +257,7 @@ def test_spike_anatomy_finds_the_group_that_moved(tmp_path):
     values[moved][0] += 0.02 * np.random.RandomState(0).randn(*values[moved].shape[1:]).astype(np.float32)
     after = checkpoints.write_values(values, str(tmp_path / "model.ckpt-1"))
     rows = spike_anatomy.anatomy(pretrained, after, [0])
-    assert abs(rows["after"] - rows["before"]) > 0.01, rows  # the move changes the loss
+    assert abs(rows["after"] - rows["before"]) > 0.03, rows  # the move changes the loss (by 0.089)
     takes_it = ["after", "before, level 0 all after", "before, level 0 f1/l_1 after", "before, level 0 step 0 after",
                 "before + 1.00 (after - before)"]
     gives_it_back = ["after, level 0 before", "after, level 0 step 0 before", "after, level 0 step 0 f1/l_1 before"]
@@ -263,5 +265,5 @@ def test_spike_anatomy_finds_the_group_that_moved(tmp_path):
         if label.startswith("before + ") and label not in takes_it:
             continue  # part of the move
         want = rows["after"] if label in takes_it else rows["before"]
-        np.testing.assert_allclose(value, want, rtol=1e-5, err_msg=label)
+        np.testing.assert_allclose(value, want, rtol=1e-3, err_msg=label)
     assert set(takes_it + gives_it_back) <= set(rows) and "before, level 0 step 7 after" in rows

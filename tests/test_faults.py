@@ -125,6 +125,18 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys
     assert _epochs(logdir) == [1, 2, 2, 3] and _records(logdir, "train.txt")[-1]["step"] == 12
 
 
+def test_a_run_folder_given_by_a_relative_path_resumes(tmp_path, monkeypatch, capsys):
+    """--logdir relative to the working directory (the README's ./logs/...): TF gives the checkpoints' paths
+    already joined to the folder, and `latest` must not join them again."""
+    monkeypatch.chdir(tmp_path)
+    assert train.main(TINY + ["--logdir", "run", "--epochs", "1"]) == 0
+    assert checkpoints.latest("run") == str(tmp_path / "run" / "checkpoints" / "model.ckpt-4")
+    assert checkpoints.resolve(os.path.join("run", "checkpoints")) == checkpoints.latest("run")
+    capsys.readouterr()
+    assert train.main(["--logdir", "run", "--resume", "--epochs", "2"]) == 0
+    assert "restored %s" % (tmp_path / "run" / "checkpoints" / "model.ckpt-4") in capsys.readouterr().out
+
+
 def test_no_readable_checkpoint_is_one_line_naming_them(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     assert train.main(TINY + ["--logdir", logdir, "--epochs", "1"]) == 0
