@@ -79,7 +79,7 @@ class Run(object):
         <name>/<key> at the current step."""
         if self.chief:  # on a full disk: room as for a checkpoint, one more try
             trainer = self.graphs if isinstance(self.graphs, trainer_lib.Trainer) else None
-            checkpoints.with_room(lambda: self.logs[name].log(**fields), lambda: bool(trainer) and (
+            checkpoints.with_room(lambda: self.logs[name].log(**fields), lambda: trainer is not None and (
                 trainer.checkpoints.make_room(self.logdir)), self.logdir, lambda: 4096)
         if scalars:
             self.summarize(*[tf.Summary.Value(tag="%s/%s" % (name, k), simple_value=float(v))
