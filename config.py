@@ -71,6 +71,8 @@ def build_parser(defaults=True):
     a("--weight_decay", type=float, default=1.0, help="multiplicative weight decay per step (1.0: off)")
     a("--epochs", type=int, default=1000000, help="epochs to train")
     a("--epochs_warmup", type=float, default=10, help="epochs of linear learning-rate warm-up")
+    a("--lr_decay", default="none", choices=["none", "rsqrt"], help="after the warm-up: none (--lr on, as "
+      "openai/glow) or rsqrt (--lr x sqrt(warm-up images / images seen): fewer loss spikes, docs/RESULTS.md)")
     a("--epochs_full_valid", type=int, default=50, help="epochs between full test evaluations")
     a("--gradient_checkpointing", type=_coded(GRADIENT_CHECKPOINTING, "gradient_checkpointing"), default="1",
       help="0/none: plain backprop; 1/recompute: recompute each flow step in backprop; 2/invertible: rebuild "
@@ -196,6 +198,8 @@ def check_args(args):
         (args.resume and args.restore_path,
          "--resume and --restore_path: --resume continues --logdir's own run; pick one"),
         (len(modes) > 1, "--%s: pick one mode" % " and --".join(modes)),
+        (args.lr_decay == "rsqrt" and args.epochs_warmup == 0,
+         "--lr_decay rsqrt with --epochs_warmup 0: the decay is counted in warm-ups; give --epochs_warmup > 0"),
         (args.device == "npu" and args.xla, "--xla with --device npu: the NPU compiles graphs itself; drop --xla"),
         (args.per_image and not args.evaluate, "--per_image writes --evaluate's per-image figures: add --evaluate")]
     for failed, message in combinations:
@@ -227,9 +231,9 @@ MODEL_FLAGS = tuple((flag, field if flag.startswith("flow_") else flag)
                     for field in glow_model.ARCHITECTURE for flag in _FLAGS_OF_FIELD.get(field, (field,)))
 # The training recipe: a resumed run keeps its run's unless given, and a mode records its run's in its config line.
 RECIPE_FLAGS = ("optimizer", "lr", "beta1", "adam_beta2", "adam_epsilon", "polyak_epochs", "max_grad_norm",
-                "max_grad_value", "weight_decay", "epochs_warmup", "n_train", "train_subset", "n_batch_train",
-                "n_batch_init", "anchor_size", "dal", "seed", "gradient_checkpointing", "loop_steps", "loss_scale",
-                "lr_backoff", "max_nonfinite", "save_every", "epochs_full_valid", "epochs_full_sample")
+                "max_grad_value", "weight_decay", "epochs_warmup", "lr_decay", "n_train", "train_subset",
+                "n_batch_train", "n_batch_init", "anchor_size", "dal", "seed", "gradient_checkpointing", "loop_steps",
+                "loss_scale", "lr_backoff", "max_nonfinite", "save_every", "epochs_full_valid", "epochs_full_sample")
 # What a resumed run keeps besides: its test set and batch, and the weights its best/ is chosen by. Any other flag
 # (where and how it runs, how long, what it prints) is the command line's.
 RESUME_FLAGS = RECIPE_FLAGS + ("n_test", "n_batch_test", "weights")
@@ -310,10 +314,12 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks, **settled):
 
 
 def lr_at(cfg, n_processed):
-    """openai/glow's linear warm-up from 0 over epochs_warmup epochs, by images seen."""
-    if cfg.epochs_warmup <= 0:
-        return cfg.lr
-    return cfg.lr * min(1.0, n_processed / (cfg.n_train * cfg.epochs_warmup))
+    """openai/glow's linear warm-up from 0 over epochs_warmup epochs, by images seen; after it --lr, or with
+    --lr_decay rsqrt, --lr x sqrt(warm-up images / images seen)."""
+    warmup = cfg.n_train * cfg.epochs_warmup
+    if n_processed < warmup:
+        return cfg.lr * (n_processed / warmup)
+    return cfg.lr * ((warmup / n_processed) ** 0.5 if cfg.lr_decay == "rsqrt" else 1.0)
 
 
 def is_eval_epoch(cfg, epoch):

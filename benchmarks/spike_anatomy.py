@@ -8,7 +8,10 @@ one the update at step S+1 used) under
     the before weights with one group of variables at their after values (per level: actnorm, the 1x1 conv, each
         layer of the coupling network, all; per step of level 0; the split priors and the top prior);
     the after weights with level 0, its first step, or that step's coupling network's first layer put back;
-    the before weights moved t times the update (before + t (after - before)).
+    the before weights moved t times the update (before + t (after - before));
+    the before and the after weights with the dequantisation noise of the background (pixels of value 0) placed
+        in a part of the bin (its centre, its lowest or highest twentieth), the other pixels' noise as drawn: where
+        in the bin the model puts the background's density, and what the update did to it.
 
     python benchmarks/spike_anatomy.py --before LOGDIR_S --after LOGDIR_S1/checkpoints/model.ckpt-S1 \
         --batches 655,656,657,658 [--out result.json]
@@ -30,8 +33,10 @@ sys.path.insert(0, os.path.join(HERE, "scripts"))
 import tensorflow.compat.v1 as tf  # noqa: E402
 
 import data_loaders  # noqa: E402
+import evaluator  # noqa: E402
 import trained_run  # noqa: E402
 
+PLACES = {"centre": lambda u: np.full_like(u, 0.5), "low edge": lambda u: 0.05 * u, "high edge": lambda u: 1 - 0.05 * u}
 KINDS = ("actnorm", "invconv_lu", "invconv", "shuffle", "f1/l_1", "f1/l_2", "f1/l_last")
 ALONG = (0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -49,6 +54,13 @@ def groups(names):
     return out
 
 
+def placed_noise(x, n_bins, place, seed=0):
+    """Dequantisation noise for uint8 images x, uniform in [0, 1/n_bins) but on the background (x == 0), where it is
+    PLACES[place] of a uniform draw (as a fraction of the bin)."""
+    u = np.random.RandomState(seed).uniform(0, 1, (2,) + x.shape)
+    return (np.where(x == 0, PLACES[place](u[0]), u[1]) / n_bins).astype(np.float32)
+
+
 def anatomy(before, after, batch_ids):
     """{row label: mean bits/dim} (see the module's docstring)."""
     run = trained_run.TrainedRun(before)
@@ -62,10 +74,15 @@ def anatomy(before, after, batch_ids):
     a = dict((v.op.name, model.sess.run(v)) for v in variables)
     b = dict((v.op.name, reader.get_tensor(v.op.name)) for v in variables)
 
-    def loss(values):
+    def loss(values, place=None):
         for v in variables:
             v.load(values[v.op.name], model.sess)
-        return float(np.mean(model.eval_per_image(batches, 0, 1, "raw")["bits_x"]))
+        if place is None:
+            return float(np.mean(model.eval_per_image(batches, 0, 1, "raw")["bits_x"]))
+        bits_x = evaluator.STATS.index("bits_x")
+        return float(np.mean([model.sess.run(model.eval_per_example, {
+            model.x_test: x, model.y_test: y, model.noise_test: placed_noise(x, model.glow.n_bins, place, i)})[bits_x]
+            for i, (x, y) in enumerate(batches)]))
 
     def mixed(base, other, names, row=None):
         out = dict(base)
@@ -84,6 +101,8 @@ def anatomy(before, after, batch_ids):
     rows["after, level 0 step 0 f1/l_1 before"] = loss(mixed(b, a, first_layer, 0))
     rows.update(("before + %.2f (after - before)" % t, loss(dict((n, a[n] + t * (b[n] - a[n])) for n in a)))
                 for t in ALONG)
+    rows.update(("%s, background noise at the bins' %s" % (label, place), loss(values, place))
+                for label, values in (("before", a), ("after", b)) for place in PLACES)
     return rows
 
 

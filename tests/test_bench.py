@@ -262,8 +262,21 @@ def test_spike_anatomy_finds_the_group_that_moved(tmp_path):
                 "before + 1.00 (after - before)"]
     gives_it_back = ["after, level 0 before", "after, level 0 step 0 before", "after, level 0 step 0 f1/l_1 before"]
     for label, value in rows.items():
-        if label.startswith("before + ") and label not in takes_it:
-            continue  # part of the move
+        if (label.startswith("before + ") and label not in takes_it) or "background noise" in label:
+            continue  # part of the move; the noise placed, not drawn (test_placed_noise)
         want = rows["after"] if label in takes_it else rows["before"]
         np.testing.assert_allclose(value, want, rtol=1e-3, err_msg=label)
     assert set(takes_it + gives_it_back) <= set(rows) and "before, level 0 step 7 after" in rows
+    assert "after, background noise at the bins' low edge" in rows
+
+
+def test_placed_noise_moves_only_the_background():
+    """The background's (x == 0) noise in the named part of the bin, the other pixels' uniform over the whole bin."""
+    from benchmarks import spike_anatomy
+    x = np.zeros((8, 32, 32, 1), np.uint8)
+    x[:, 8:24] = 7
+    for place, (low, high) in (("centre", (0.5, 0.5)), ("low edge", (0, 0.05)), ("high edge", (0.95, 1))):
+        u = spike_anatomy.placed_noise(x, 256, place) * 256
+        background, garment = u[x == 0], u[x != 0]
+        assert low <= background.min() and background.max() <= high, place
+        assert garment.min() < 0.01 and garment.max() > 0.99 and garment.max() <= 1, place

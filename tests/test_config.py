@@ -37,6 +37,8 @@ def test_defaults_are_openai_glows():
             a.flow_permutation, a.flow_coupling, a.gradient_checkpointing, a.anchor_size, a.dal) == (
         "cifar10", 64, 256, "adamax", 0.001, 0.9, 1, 1.0, 10, 50, 512, 32, 3, 8, "invconv", "additive",
         "recompute", 32, 1)
+    # ours, off: openai/glow's Adam (beta2 tied to the Polyak span), no clipping, no decay after the warm-up
+    assert (a.adam_beta2, a.max_grad_norm, a.max_grad_value, a.lr_decay) == (None, 0.0, 0.0, "none")
 
 
 def test_words_and_codes():
@@ -78,6 +80,19 @@ def test_paper_commands_derive_openai_glows_epoch(command, n_ranks):
     # the warm-up ends after --epochs_warmup (10) epochs of anchor-size images
     assert config.lr_at(cfg, 10 * 50000) == pytest.approx(args.lr)
     assert config.lr_at(cfg, 5 * 50000) == pytest.approx(args.lr / 2)
+    assert config.lr_at(cfg, 100 * 50000) == args.lr  # openai/glow's rate after it: no decay
+
+
+def test_rsqrt_decay_follows_the_warm_up():
+    """--lr_decay rsqrt: the warm-up's linear rise, then lr x sqrt(warm-up images / images seen), continuous at the
+    warm-up's end; it needs a warm-up to count in."""
+    args = config.parse_args(["--lr", "0.002", "--epochs_warmup", "2", "--lr_decay", "rsqrt"])
+    cfg = config.derive_config(args, (32, 32, 1), 10, 50000, 10000, 1)
+    warmup = 2 * 50000
+    for n, want in ((0, 0.0), (warmup / 4, 0.0005), (warmup, 0.002), (4 * warmup, 0.001), (100 * warmup, 0.0002)):
+        assert config.lr_at(cfg, n) == pytest.approx(want, rel=1e-12), n
+    with pytest.raises(ValueError, match="--lr_decay rsqrt with --epochs_warmup 0"):
+        config.check_args(config.parse_args(["--lr_decay", "rsqrt", "--epochs_warmup", "0"]))
 
 
 def test_epoch_size_needs_a_batch_per_rank_of_data():

@@ -152,6 +152,19 @@ def test_resume_continues_from_saved_step(tmp_path):
     assert sorted(f for f in os.listdir(os.path.join(logdir, "checkpoints")) if f.endswith(".index")) == kept
 
 
+def test_lr_decay_is_applied_and_kept_on_resume(tmp_path):
+    """--lr_decay rsqrt with a warm-up of 16 steps (half an epoch of 32): the rate logged at steps 20, 32 and 64 is
+    lr x sqrt(16 / step); the resumed run, not given the flag, keeps the run's decay."""
+    flags = list(SHALLOW) + ["--optimizer", "adam", "--lr", "0.002", "--epochs_warmup", "0.5"]
+    assert _run(tmp_path, *flags, "--lr_decay", "rsqrt", "--epochs", "1", "--max_steps", "20")[0] == 0
+    status, logdir = _run(tmp_path, *flags, "--epochs", "2", "--resume")
+    assert status == 0
+    lines = _records(logdir, "train.txt")
+    assert [r["step"] for r in lines] == [20, 32, 64]
+    np.testing.assert_allclose([r["lr"] for r in lines], [0.002 * (16.0 / r["step"]) ** 0.5 for r in lines],
+                               rtol=1e-12)
+
+
 def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     """Steps 5..16 report non-finite: each is skipped and logged, after
     --max_nonfinite in a row the last checkpoint is restored with a lower
