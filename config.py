@@ -73,6 +73,8 @@ def build_parser(defaults=True):
     a("--epochs_warmup", type=float, default=10, help="epochs of linear learning-rate warm-up")
     a("--lr_decay", default="none", choices=["none", "rsqrt"], help="after the warm-up: none (--lr on, as "
       "openai/glow) or rsqrt (--lr x sqrt(warm-up images / images seen): fewer loss spikes, docs/RESULTS.md)")
+    a("--epochs_cooldown", type=float, default=0, help="the last epochs of --epochs, over which the rate falls "
+      "linearly to 0 (0: none, as openai/glow)")
     a("--epochs_full_valid", type=int, default=50, help="epochs between full test evaluations")
     a("--gradient_checkpointing", type=_coded(GRADIENT_CHECKPOINTING, "gradient_checkpointing"), default="1",
       help="0/none: plain backprop; 1/recompute: recompute each flow step in backprop; 2/invertible: rebuild "
@@ -168,6 +170,7 @@ _RANGES = [(name, lambda v: v >= 1, "must be >= 1") for name in (
     ("max_grad_norm", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (0: off)"),
     ("max_grad_value", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (0: off)"),
     ("epochs_warmup", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
+    ("epochs_cooldown", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0"),
     ("temperature", lambda v: v >= 0 and math.isfinite(v), "must be a number >= 0 (1: the model's own spread)"),
     ("n_test", lambda v: v == -1 or v >= 1, "must be -1 (the whole test set) or >= 1"),
     ("n_bits_x", lambda v: 1 <= v <= 8, "must be in 1..8"),
@@ -200,6 +203,8 @@ def check_args(args):
         (len(modes) > 1, "--%s: pick one mode" % " and --".join(modes)),
         (args.lr_decay == "rsqrt" and args.epochs_warmup == 0,
          "--lr_decay rsqrt with --epochs_warmup 0: the decay is counted in warm-ups; give --epochs_warmup > 0"),
+        (args.epochs_cooldown > args.epochs,
+         "--epochs_cooldown %r is longer than the run (--epochs %d)" % (args.epochs_cooldown, args.epochs)),
         (args.device == "npu" and args.xla, "--xla with --device npu: the NPU compiles graphs itself; drop --xla"),
         (args.per_image and not args.evaluate, "--per_image writes --evaluate's per-image figures: add --evaluate")]
     for failed, message in combinations:
@@ -231,9 +236,10 @@ MODEL_FLAGS = tuple((flag, field if flag.startswith("flow_") else flag)
                     for field in glow_model.ARCHITECTURE for flag in _FLAGS_OF_FIELD.get(field, (field,)))
 # The training recipe: a resumed run keeps its run's unless given, and a mode records its run's in its config line.
 RECIPE_FLAGS = ("optimizer", "lr", "beta1", "adam_beta2", "adam_epsilon", "polyak_epochs", "max_grad_norm",
-                "max_grad_value", "weight_decay", "epochs_warmup", "lr_decay", "n_train", "train_subset",
-                "n_batch_train", "n_batch_init", "anchor_size", "dal", "seed", "gradient_checkpointing", "loop_steps",
-                "loss_scale", "lr_backoff", "max_nonfinite", "save_every", "epochs_full_valid", "epochs_full_sample")
+                "max_grad_value", "weight_decay", "epochs_warmup", "lr_decay", "epochs_cooldown", "n_train",
+                "train_subset", "n_batch_train", "n_batch_init", "anchor_size", "dal", "seed", "gradient_checkpointing",
+                "loop_steps", "loss_scale", "lr_backoff", "max_nonfinite", "save_every", "epochs_full_valid",
+                "epochs_full_sample")
 # What a resumed run keeps besides: its test set and batch, and the weights its best/ is chosen by. Any other flag
 # (where and how it runs, how long, what it prints) is the command line's.
 RESUME_FLAGS = RECIPE_FLAGS + ("n_test", "n_batch_test", "weights")
@@ -315,11 +321,15 @@ def derive_config(args, image_shape, n_y, n_train, n_test, n_ranks, **settled):
 
 def lr_at(cfg, n_processed):
     """openai/glow's linear warm-up from 0 over epochs_warmup epochs, by images seen; after it --lr, or with
-    --lr_decay rsqrt, --lr x sqrt(warm-up images / images seen)."""
-    warmup = cfg.n_train * cfg.epochs_warmup
+    --lr_decay rsqrt, --lr x sqrt(warm-up images / images seen); times, over the last epochs_cooldown epochs of
+    --epochs, the share of their images still to come (a linear fall to 0 at the end: the last step's rate is
+    1/(its steps) of the schedule's)."""
+    epoch = cfg.train_its * cfg.anchor_images_per_step  # images counted in an epoch (n_processed's units)
+    warmup, end, cooldown = cfg.n_train * cfg.epochs_warmup, epoch * cfg.epochs, epoch * cfg.epochs_cooldown
+    left = min(1.0, max(0.0, end - n_processed) / cooldown) if cooldown else 1.0
     if n_processed < warmup:
-        return cfg.lr * (n_processed / warmup)
-    return cfg.lr * ((warmup / n_processed) ** 0.5 if cfg.lr_decay == "rsqrt" else 1.0)
+        return cfg.lr * (n_processed / warmup) * left
+    return cfg.lr * ((warmup / n_processed) ** 0.5 if cfg.lr_decay == "rsqrt" else 1.0) * left
 
 
 def is_eval_epoch(cfg, epoch):

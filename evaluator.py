@@ -3,6 +3,7 @@ with the raw weights (the paper's test figure) or their Polyak averages. It buil
 only, no gradients and no optimizer: evaluation, sampling, the tools and export read a checkpoint's weights and
 averages and leave its optimizer state out (trainer.Trainer adds the training step to the same graphs)."""
 import os
+from concurrent import futures
 
 import numpy as np
 import tensorflow.compat.v1 as tf
@@ -32,6 +33,8 @@ class Evaluator(object):
     def __init__(self, cfg, backend, session_factory):
         self.cfg, self.backend = cfg, backend
         self.static_shapes = cfg.device == "npu"
+        # Runs eval_weightings lets go at once: one per weighting, but one at a time on the NPU.
+        self.parallel_runs = 1 if self.static_shapes else len(WEIGHTS)
         # How the model runs a level's steps: a looped run's loop, else unrolled.
         self.glow = glow_model.Glow.from_config(cfg, run_steps=looped.looped_steps("none") if cfg.loop_steps
                                                 else stacked.unrolled_steps)
@@ -106,17 +109,31 @@ class Evaluator(object):
 
     def eval_weightings(self, batches, first_index=0, n_draws=1, weightings=WEIGHTS):
         """eval_per_image for each of `weightings` in one pass over `batches`: {weights: {name: [n]}}. Each
-        batch is fed, and its noise drawn, once for all of them."""
+        batch is fed, and its noise drawn, once for all of them. The weightings' runs of a batch go at the same
+        time (parallel_runs threads), and the next batch's noise is drawn meanwhile: on a CPU two forward passes
+        share the cores better than one after the other (docs/BENCHMARKS.md, "Evaluation")."""
         use_polyak = [(w, _use_polyak(w)) for w in weightings]
-        out, index = dict((w, [np.zeros((len(STATS), 0))]) for w in weightings), first_index
-        for x, y in batches:
-            feeds = [{self.x_test: x, self.y_test: y, self.noise_test: dequantization_noise(
-                range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)} for draw in range(n_draws)]
-            for w, polyak in use_polyak:
-                draws = [self._run(self.eval_per_example, dict(f), polyak, self.cfg.local_batch_test) for f in feeds]
-                out[w].append(np.mean(np.array(draws, np.float64)[:, :, :len(x)], axis=0))  # [4, B]
-            index += len(x)
+        out, index, pending = dict((w, [np.zeros((len(STATS), 0))]) for w in weightings), first_index, None
+        with futures.ThreadPoolExecutor(max(1, min(self.parallel_runs, len(weightings)))) as pool:
+            for x, y in batches:
+                feeds = [{self.x_test: x, self.y_test: y, self.noise_test: dequantization_noise(
+                    range(index, index + len(x)), draw, x.shape[1:], self.glow.n_bins)} for draw in range(n_draws)]
+                self._collect(pending, out)
+                pending = len(x), [(w, [pool.submit(self._run, self.eval_per_example, dict(f), polyak,
+                                                    self.cfg.local_batch_test) for f in feeds])
+                                   for w, polyak in use_polyak]
+                index += len(x)
+            self._collect(pending, out)
         return dict((w, dict(zip(STATS, np.concatenate(parts, axis=1)))) for w, parts in out.items())
+
+    @staticmethod
+    def _collect(pending, out):
+        """A batch's submitted runs (its size, [(weights, [a future per draw])]) into `out`: the mean over the
+        draws, each [4, B] (a padded batch's extra rows dropped)."""
+        if pending is not None:
+            n, runs = pending
+            for w, draws in runs:
+                out[w].append(np.mean(np.array([d.result() for d in draws], np.float64)[:, :, :n], axis=0))
 
     def gather(self, local, start, n_total):
         """Every rank's per-image statistics `local` {name: [n_r]} at its images start_r.. of one {name: [n_total]}

@@ -37,8 +37,10 @@ def test_defaults_are_openai_glows():
             a.flow_permutation, a.flow_coupling, a.gradient_checkpointing, a.anchor_size, a.dal) == (
         "cifar10", 64, 256, "adamax", 0.001, 0.9, 1, 1.0, 10, 50, 512, 32, 3, 8, "invconv", "additive",
         "recompute", 32, 1)
-    # ours, off: openai/glow's Adam (beta2 tied to the Polyak span), no clipping, no decay after the warm-up
-    assert (a.adam_beta2, a.max_grad_norm, a.max_grad_value, a.lr_decay) == (None, 0.0, 0.0, "none")
+    # ours, off: openai/glow's Adam (beta2 tied to the Polyak span), no clipping, no decay after the warm-up, no
+    # cool-down at the end
+    assert (a.adam_beta2, a.max_grad_norm, a.max_grad_value, a.lr_decay, a.epochs_cooldown) == (
+        None, 0.0, 0.0, "none", 0)
 
 
 def test_words_and_codes():
@@ -94,6 +96,29 @@ def test_rsqrt_decay_follows_the_warm_up():
         assert config.lr_at(cfg, n) == pytest.approx(want, rel=1e-12), n
     with pytest.raises(ValueError, match="--lr_decay rsqrt with --epochs_warmup 0"):
         config.check_args(config.parse_args(["--lr_decay", "rsqrt", "--epochs_warmup", "0"]))
+
+
+def test_cooldown_falls_linearly_to_zero_over_the_last_epochs():
+    """--epochs_cooldown 2 of --epochs 10: the schedule's rate until the last two epochs' images, then that rate times
+    the share of them still to come (half way: half; the last step: one step's share; the end: 0), whatever the
+    schedule (here the rsqrt decay); longer than the run is refused."""
+    args = config.parse_args(["--lr", "0.002", "--epochs", "10", "--epochs_warmup", "1", "--epochs_cooldown", "2",
+                              "--lr_decay", "rsqrt", "--n_batch_train", "64"])
+    cfg = config.derive_config(args, (32, 32, 1), 10, 50000, 10000, 1)
+    epoch = cfg.train_its * 64  # 782 steps of 64 images
+
+    def rsqrt(n):
+        return 0.002 * (50000.0 / n) ** 0.5
+
+    # rel 1e-12: one float64 formula against the same formula in another order, a few roundings of 1.1e-16 (seen: equal)
+    for n, want in ((25000, 0.001), (8 * epoch, rsqrt(8 * epoch)), (9 * epoch, rsqrt(9 * epoch) / 2),
+                    (10 * epoch - 64, rsqrt(10 * epoch - 64) * 64 / (2 * epoch)), (10 * epoch, 0.0)):
+        assert config.lr_at(cfg, n) == pytest.approx(want, rel=1e-12), n
+    assert config.lr_at(cfg, 8 * epoch - 64) == config.lr_at(config.derive_config(config.parse_args(
+        ["--lr", "0.002", "--epochs", "10", "--epochs_warmup", "1", "--lr_decay", "rsqrt"]), (32, 32, 1), 10, 50000,
+        10000, 1), 8 * epoch - 64)  # before the cool-down: the schedule's rate itself
+    with pytest.raises(ValueError, match="--epochs_cooldown 12.0 is longer than the run"):
+        config.check_args(config.parse_args(["--epochs", "10", "--epochs_cooldown", "12"]))
 
 
 def test_epoch_size_needs_a_batch_per_rank_of_data():

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -166,6 +167,20 @@ def test_lr_decay_is_applied_and_kept_on_resume(tmp_path):
                                rtol=1e-12)
 
 
+def test_cooldown_is_applied_and_kept_on_resume(tmp_path):
+    """--epochs_cooldown 1 of --epochs 2 (32 steps an epoch, the warm-up over by step 16): the rate logged after step
+    32 is --lr, after step 40 three quarters of it (24 of the cool-down's 32 steps to come), 0 at the end; the
+    resumed run, not given the flag, keeps the run's cool-down."""
+    flags = list(SHALLOW) + ["--optimizer", "adam", "--lr", "0.002", "--epochs_warmup", "0.5", "--epochs", "2"]
+    assert _run(tmp_path, *flags, "--epochs_cooldown", "1", "--max_steps", "40")[0] == 0
+    status, logdir = _run(tmp_path, *flags, "--resume")
+    assert status == 0
+    lines = _records(logdir, "train.txt")
+    assert [r["step"] for r in lines] == [32, 40, 64]
+    # rtol 1e-12: the same float64 rate in another order of operations, a few roundings of 1.1e-16 (seen: equal)
+    np.testing.assert_allclose([r["lr"] for r in lines], [0.002, 0.0015, 0.0], rtol=1e-12, atol=0)
+
+
 def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     """Steps 5..16 report non-finite: each is skipped and logged, after
     --max_nonfinite in a row the last checkpoint is restored with a lower
@@ -188,6 +203,27 @@ def test_nonfinite_steps_are_skipped_then_recovered(tmp_path, monkeypatch):
     assert [e["lr_scale"] for e in recovered] == [0.5, 0.25]
     tests = _records(logdir, "test.txt")
     assert tests[-1]["bits_x"] < tests[0]["bits_x"]
+
+
+def test_the_weightings_run_at_the_same_time(opened, monkeypatch):
+    """eval_weightings lets a batch's two runs (raw, Polyak) go at once: each waits at a barrier for the other,
+    which runs one after the other would never pass (BrokenBarrierError after the timeout); with parallel_runs 1
+    (the NPU's setting) they take turns."""
+    run, tr = opened, _restored(opened)
+    barrier, real_run = threading.Barrier(2, timeout=60), evaluator.Evaluator._run
+
+    def meeting_run(self, *args):
+        barrier.wait()
+        return real_run(self, *args)
+
+    monkeypatch.setattr(evaluator.Evaluator, "_run", meeting_run)
+    x, y = next(iter(run.data.test_batches(8)))
+    both = tr.eval_weightings([(x, y), (x, y)])
+    assert sorted(both) == sorted(evaluator.WEIGHTS)
+    monkeypatch.setattr(tr, "parallel_runs", 1)
+    barrier = threading.Barrier(2, timeout=2)
+    with pytest.raises(threading.BrokenBarrierError):
+        tr.eval_weightings([(x, y)])
 
 
 def _failing_step(monkeypatch, failing_calls):
@@ -377,6 +413,12 @@ def test_raw_and_polyak_evaluations_and_the_worst_image(opened):
     bits = tr.eval_per_image([(noisy, y)])
     worst = train.test_line({"raw": bits, "polyak": bits})["worst_images"]
     assert worst[0][0] == 21 and worst[0][1] > bits["bits_x"][np.arange(64) != 21].max(), worst
+    # Each weighting evaluated alone (its runs one after the other) gives exactly what the pass running both at once
+    # gave: the runs share no state but the read-only weights.
+    for weights in evaluator.WEIGHTS:
+        alone = tr.eval_per_image(run.data.test_batches(run.cfg.local_batch_test), weights=weights)
+        for k in evaluator.STATS:
+            np.testing.assert_array_equal(alone[k], per_image[weights][k], err_msg=weights + " " + k)
     # The average set to the weights: both evaluations agree exactly.
     tr.sess.run(tr.opt.ema.seed_op)
     line, per_image = train.evaluate(run)
