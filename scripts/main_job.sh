@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: on a fresh machine, set up the TF 2.x environment, install
 # Fashion-MNIST from Debian's package if needed, and train a small Glow on it
-# (35 to 45 minutes on a 2-core CPU: 12 epochs of 469 steps of 64 images), writing
+# (30 to 40 minutes on a 2-core CPU: 12 epochs of 469 steps of 64 images), writing
 # logs, checkpoints and sample grids to ${LOGDIR:-./logs/fashion-mnist}. Each
 # epoch's test line (test.txt) has the test bits/dim with the raw weights
 # (bits_x, the paper's figure) and with their Polyak average (bits_x_polyak).

@@ -280,3 +280,23 @@ def test_placed_noise_moves_only_the_background():
         background, garment = u[x == 0], u[x != 0]
         assert low <= background.min() and background.max() <= high, place
         assert garment.min() < 0.01 and garment.max() > 0.99 and garment.max() <= 1, place
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("CI"),
+                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_eval_time_reports_every_setting_on_the_same_figures(tmp_path):
+    """eval_time on the pretrained model, 100 test images: a row per test batch x runs at once, each with its
+    times, and every setting's per-image figures against the first's. The batch size and the threads may change
+    a kernel's summation order on another CPU: an image's bits/dim then moves by about 1e-5 relative (each coupling
+    conv output sums up to 9 x 129 products, 24 steps: test_pretrained.py), below 1e-4 bits/dim at ~6 bits/dim at
+    most here; bound 1e-3 bits/dim. Seen here: equal (0)."""
+    from benchmarks import eval_time
+    out = tmp_path / "eval.json"
+    assert eval_time.main([os.path.join(ROOT, "pretrained", "fashion-mnist"), "--batches", "50", "100", "--parallel",
+                           "1", "2", "--rounds", "1", "--n_images", "100", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 100 and len(report["sample_grid_seconds"]) == 2
+    assert [(r["batch"], r["parallel_runs"]) for r in report["evaluations"]] == [(50, 1), (50, 2), (100, 1), (100, 2)]
+    for row in report["evaluations"]:
+        assert len(row["seconds"]) == 1 and row["seconds"][0] > 0
+        assert row["max_abs_diff_bits_x"] <= 1e-3, row

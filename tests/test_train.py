@@ -226,6 +226,25 @@ def test_the_weightings_run_at_the_same_time(opened, monkeypatch):
         tr.eval_weightings([(x, y)])
 
 
+def test_the_evaluation_noise_is_drawn_once(opened, monkeypatch):
+    """A test line's dequantisation noise is drawn once per batch and kept for the next test line (the same
+    figures); beyond evaluator.NOISE_KEPT_BYTES it is drawn again each time."""
+    run, tr = opened, _restored(opened)
+    calls, real = [], evaluator.dequantization_noise
+    monkeypatch.setattr(evaluator, "dequantization_noise", lambda *args: calls.append(args) or real(*args))
+    for kept, draws_per_line in ((evaluator.NOISE_KEPT_BYTES, 0), (0, 1)):
+        monkeypatch.setattr(evaluator, "NOISE_KEPT_BYTES", kept)
+        tr._kept_noise.clear()
+        first = train.evaluate(run)[1]
+        n_batches = len(calls)
+        assert n_batches == -(-run.data.n_test // run.cfg.local_batch_test)
+        second = train.evaluate(run)[1]
+        assert len(calls) == n_batches * (1 + draws_per_line)
+        for w in evaluator.WEIGHTS:
+            np.testing.assert_array_equal(first[w]["bits_x"], second[w]["bits_x"])
+        del calls[:]
+
+
 def _failing_step(monkeypatch, failing_calls):
     """Trainer.train_step raising an op error on the given calls (1-based)."""
     real_step = train.trainer_lib.Trainer.train_step
