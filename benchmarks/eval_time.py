@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Wall time of a test line's evaluation (both weightings over the whole test set) and of a sample grid, for a
-trained run (issue 27, deliverable 3): test batch sizes x runs at once (evaluator.Evaluator.parallel_runs; 1 is
-the evaluation before issue 27, one weighting after the other), in turn for --rounds rounds.
+trained run (issue 27, deliverable 3): test batch sizes x runs at once (evaluator.Evaluator.parallel_runs; 1:
+one weighting after the other, as before issue 27), in turn for --rounds rounds.
 
     python benchmarks/eval_time.py pretrained/fashion-mnist --batches 50 100 --parallel 1 2 --rounds 2 \
         --out docs/bench/eval-time-tf2.json
 
-Every setting must give the first one's per-image figures exactly (the batch and the threads change no image's
-arithmetic on this machine; a difference is reported, not hidden). The sample grid is train.py's: 10x10 images at
-each of openai/glow's temperatures (config.TEMPERATURES), PNGs included. Times are this machine's at this load:
-compare the settings of one report, not reports."""
+Every setting's per-image figures are compared with the first setting's and the largest difference is reported (on
+this machine they are equal: the batch and the threads change no image's arithmetic). The sample grid is
+train.py's: 10x10 images at each of openai/glow's temperatures (config.TEMPERATURES), PNGs included. Times are
+this machine's at this load: compare the settings of one report, not reports."""
 import argparse
 import json
 import os
